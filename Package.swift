@@ -1,0 +1,51 @@
+// swift-tools-version:6.1
+//
+// sevpeb: page-encryption bitmap tracker + migration section, Swift with a C ABI.
+//
+// Builds two ways from the same sources:
+//   swift build / swift test          ordinary Swift (tests, CLI, benchmarks)
+//   SEVPEB_EMBEDDED=1 swift build -c release --product SevPEB --scratch-path .build-embedded
+//                                     Embedded Swift; `make` prelinks it into a
+//                                     libc-only libsevpeb.a (see Makefile).
+//
+// Compilation conditions:
+//   SEVPEB_EMBEDDED   (environment variable) build the library as Embedded Swift.
+//   SEVPEB_INTERNAL_CHECKS  (-Xswiftc -DSEVPEB_INTERNAL_CHECKS) run the tracker's
+//                     invariant checks after every mutation; slow, for tests.
+import PackageDescription
+
+let embedded = Context.environment["SEVPEB_EMBEDDED"] != nil
+let coreSettings: [SwiftSetting] = embedded
+    ? [.enableExperimentalFeature("Embedded"),
+       .unsafeFlags(["-wmo", "-Xfrontend", "-function-sections"])]
+    : []
+
+var products: [Product] = [
+    .library(name: "SevPEB", type: .static, targets: ["SevPEB"]),
+]
+var targets: [Target] = [
+    .target(name: "CSevPEB"),        // include/sevpeb.h (symlinked): the public C ABI
+    .target(name: "CSevPEBShims"),   // static inline libc wrappers (ioctl, errno, mutex)
+    .target(name: "SevPEB", dependencies: ["CSevPEB", "CSevPEBShims"], swiftSettings: coreSettings),
+]
+var dependencies: [Package.Dependency] = []
+if !embedded {
+    dependencies += [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ]
+    products += [.executable(name: "sevpeb", targets: ["SevPEBTool"])]
+    targets += [
+        .executableTarget(name: "SevPEBTool", dependencies: [
+            "SevPEB", "CSevPEB",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "SevPEBTests", dependencies: ["SevPEB", "CSevPEB", "CSevPEBShims"]),
+    ]
+}
+
+let package = Package(
+    name: "sevpeb",
+    products: products,
+    dependencies: dependencies,
+    targets: targets
+)
