@@ -3,4 +3,4 @@
 static _Thread_local char errbuf[SEVPEB_SHIM_ERRBUF];
 
 /* The calling thread's last-error buffer (NUL-terminated, SEVPEB_SHIM_ERRBUF bytes). */
-char *sevpeb_shim_errbuf(void) { return errbuf; }
+char *spbshim_errbuf(void) { return errbuf; }

@@ -54,6 +54,6 @@ static inline size_t sevpeb_shim_mutex_size(void) { return sizeof(pthread_mutex_
 
 /* Thread-local last-error text (defined in shims.c). */
 #define SEVPEB_SHIM_ERRBUF 512
-char *sevpeb_shim_errbuf(void);
+char *spbshim_errbuf(void);
 
 #endif /* SEVPEB_SHIMS_H */
