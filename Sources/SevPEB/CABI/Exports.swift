@@ -1,0 +1,296 @@
+import CSevPEB
+import CSevPEBShims
+
+// The C ABI (include/sevpeb.h). Each entry point validates its arguments,
+// calls the Swift layer and maps errors; nothing here traps.
+
+@c @implementation
+public func sevpeb_version_number() -> UInt32 { UInt32(SEVPEB_VERSION_MAJOR * 10000 + SEVPEB_VERSION_MINOR * 100 + SEVPEB_VERSION_PATCH) }
+
+@c @implementation
+public func sevpeb_version_string() -> UnsafePointer<CChar>! {
+    UnsafeRawPointer(("0.1.0" as StaticString).utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@c @implementation
+public func sevpeb_strerror(_ err: Int32) -> UnsafePointer<CChar>! {
+    UnsafeRawPointer(ErrorClass.name(err).utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@c @implementation
+public func sevpeb_last_error() -> UnsafePointer<CChar>! {
+    UnsafePointer(spbshim_errbuf())
+}
+
+@c @implementation
+public func sevpeb_tracker_create(_ flags: UInt32, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> Int32 {
+    cCall { () throws(SevError) -> Int32 in
+        guard let out else { throw SevError(EINVAL, "out pointer is NULL") }
+        if flags != 0 { throw SevError(EINVAL, "flags \(hex(UInt64(flags))): must be 0") }
+        let h = try Handle.create()
+        out.pointee = OpaquePointer(Unmanaged.passRetained(h).toOpaque())
+        return 0
+    }
+}
+
+@c @implementation
+public func sevpeb_tracker_destroy(_ t: OpaquePointer?) {
+    guard let t else { return }
+    Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(t)).release()
+}
+
+@c @implementation
+public func sevpeb_slot_add(_ t: OpaquePointer?, _ base: UInt64, _ npages: UInt64) -> Int32 {
+    withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in try h.tracker.addSlot(base: base, pages: npages); return 0 } }
+}
+
+@c @implementation
+public func sevpeb_slot_remove(_ t: OpaquePointer?, _ base: UInt64) -> Int32 {
+    withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in try h.tracker.removeSlot(base: base); return 0 } }
+}
+
+@c @implementation
+public func sevpeb_slot_resize(_ t: OpaquePointer?, _ base: UInt64, _ npages: UInt64) -> Int32 {
+    withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in try h.tracker.resizeSlot(base: base, pages: npages); return 0 } }
+}
+
+@c @implementation
+public func sevpeb_slot_count(_ t: OpaquePointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.withLock { h.tracker.slotCount }) }
+}
+
+@c @implementation
+public func sevpeb_slot_get(_ t: OpaquePointer?, _ index: UInt32, _ base: UnsafeMutablePointer<UInt64>!,
+                            _ npages: UnsafeMutablePointer<UInt64>!) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let base, let npages else { throw SevError(EINVAL, "base_gfn or npages pointer is NULL") }
+            let tr = h.tracker
+            let r: Tracker.Slot? = tr.withLock {
+                Int(index) < tr.slotCount ? Tracker.Slot(base: tr.slots![Int(index)].base, pages: tr.slots![Int(index)].pages) : nil
+            }
+            guard let r else { throw SevError(ENOENT, "slot index \(index) not below the slot count") }
+            base.pointee = r.base; npages.pointee = r.pages
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_set_range(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64, _ state: Int32) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            if state != 0 && state != 1 { throw SevError(EINVAL, "state \(state): must be 0 (shared) or 1 (private)") }
+            try h.tracker.setRange(gfn, npages, private: state == 1)
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_test(_ t: OpaquePointer?, _ gfn: UInt64) -> Int32 {
+    withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in try h.tracker.test(gfn) ? 1 : 0 } }
+}
+
+@c @implementation
+public func sevpeb_count_shared(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64) -> Int64 {
+    withHandle(t, Int64(-EINVAL)) { h in
+        do throws(SevError) { return Int64(bitPattern: try h.tracker.countShared(gfn, npages)) } catch {
+            setLastError(error); return Int64(error.negativeErrno)
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_totals(_ t: OpaquePointer?, _ pages: UnsafeMutablePointer<UInt64>!, _ shared: UnsafeMutablePointer<UInt64>!) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let pages, let shared else { throw SevError(EINVAL, "pages or shared pointer is NULL") }
+            let r = h.tracker.totals()
+            pages.pointee = r.pages; shared.pointee = r.shared
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_next_shared_run(_ t: OpaquePointer?, _ from: UInt64, _ gfn: UnsafeMutablePointer<UInt64>!,
+                                   _ npages: UnsafeMutablePointer<UInt64>!) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let gfn, let npages else { throw SevError(EINVAL, "gfn or npages pointer is NULL") }
+            guard let r = h.tracker.nextSharedRun(from: from) else { return 0 }
+            gfn.pointee = r.gfn; npages.pointee = r.pages
+            return 1
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_get_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
+                              _ dst: UnsafeMutablePointer<UInt8>!, _ len: Int) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let dst else { throw SevError(EINVAL, "dst is NULL") }
+            try h.tracker.getBitmap(gfn, npages, dst, len)
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_set_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
+                              _ src: UnsafePointer<UInt8>?, _ len: Int) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            try h.tracker.setBitmap(gfn, npages, src, len)
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_reset(_ t: OpaquePointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in h.tracker.reset(); return 0 }
+}
+
+@c @implementation
+public func sevpeb_digest(_ t: OpaquePointer?, _ out: UnsafeMutablePointer<UInt64>!) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let out else { throw SevError(EINVAL, "digest pointer is NULL") }
+            out.pointee = h.tracker.digest()
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_memory_bytes(_ t: OpaquePointer?) -> UInt64 {
+    withHandle(t, 0) { h in UInt64(h.tracker.memoryBytes) }
+}
+
+@c @implementation
+public func sevpeb_set_change_callback(_ t: OpaquePointer?, _ fn: sevpeb_change_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in h.tracker.setCallback(fn, opaque); return 0 }
+}
+
+@c @implementation
+public func sevpeb_map_gpa_range(_ t: OpaquePointer?, _ gpa: UInt64, _ npages: UInt64, _ attrs: UInt64) -> Int64 {
+    withHandle(t, -MapGPARange.kvmEINVAL) { h in
+        let (ret, err) = h.tracker.mapGPARangeRet(gpa: gpa, npages: npages, attrs: attrs)
+        if let err { setLastError(err) }
+        return ret
+    }
+}
+
+@c @implementation
+public func sevpeb_set_migration_control(_ t: OpaquePointer?, _ value: UInt64) -> Int32 {
+    withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in try h.tracker.setMigrationControl(value); return 0 } }
+}
+
+@c @implementation
+public func sevpeb_get_migration_control(_ t: OpaquePointer?) -> UInt64 {
+    withHandle(t, 0) { h in h.tracker.migrationControl }
+}
+
+@c @implementation
+public func sevpeb_set_require_ready(_ t: OpaquePointer?, _ require: Int32) -> Int32 {
+    withHandle(t, -EINVAL) { h in h.tracker.setRequireReady(require != 0); return 0 }
+}
+
+@c @implementation
+public func sevpeb_may_migrate(_ t: OpaquePointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        if let why = h.tracker.migrationRefusal() { setLastError(why); return 0 }
+        return 1
+    }
+}
+
+@c @implementation
+public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let write else { throw SevError(EINVAL, "write callback is NULL") }
+            try h.save.setup(h.tracker, CWriter(fn: write, opaque: opaque))
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_save_iterate(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?,
+                                _ maxBytes: UInt64) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let write else { throw SevError(EINVAL, "write callback is NULL") }
+            return try h.save.iterate(h.tracker, CWriter(fn: write, opaque: opaque), budget: maxBytes) ? 1 : 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_save_pending(_ t: OpaquePointer?) -> UInt64 {
+    withHandle(t, 0) { h in h.save.pendingBytes(h.tracker) }
+}
+
+@c @implementation
+public func sevpeb_save_complete(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let write else { throw SevError(EINVAL, "write callback is NULL") }
+            try h.save.complete(h.tracker, CWriter(fn: write, opaque: opaque))
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_save_cleanup(_ t: OpaquePointer?) {
+    withHandle(t, ()) { h in h.save.cleanup() }
+}
+
+@c @implementation
+public func sevpeb_save_get_stats(_ t: OpaquePointer?, _ st: UnsafeMutablePointer<sevpeb_save_stats>!) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let st else { throw SevError(EINVAL, "stats pointer is NULL") }
+            let size = Int(st.pointee.size)
+            if size < MemoryLayout<sevpeb_save_stats>.size {
+                throw SevError(EINVAL, "stats size \(size) smaller than \(MemoryLayout<sevpeb_save_stats>.size)")
+            }
+            var s = sevpeb_save_stats()
+            s.size = UInt32(MemoryLayout<sevpeb_save_stats>.size)
+            s.iterations = h.save.iterations
+            s.setup_bytes = h.save.setupBytes
+            s.iterate_bytes = h.save.iterateBytes
+            s.last_iterate_bytes = h.save.lastIterateBytes
+            s.complete_bytes = h.save.completeBytes
+            s.records = h.save.records
+            st.pointee = s
+            return 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_load_setup(_ t: OpaquePointer?) -> Int32 {
+    withHandle(t, -EINVAL) { h in h.load.setup(); return 0 }
+}
+
+@c @implementation
+public func sevpeb_load_state(_ t: OpaquePointer?, _ read: sevpeb_read_fn?, _ opaque: UnsafeMutableRawPointer?,
+                              _ version: UInt32) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            guard let read else { throw SevError(EINVAL, "read callback is NULL") }
+            var r = CReader(fn: read, opaque: opaque)
+            return try h.load.load(h.tracker, &r, version: version) ? 1 : 0
+        }
+    }
+}
+
+@c @implementation
+public func sevpeb_load_cleanup(_ t: OpaquePointer?) {
+    withHandle(t, ()) { h in h.load.cleanup() }
+}

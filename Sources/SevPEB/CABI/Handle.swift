@@ -1,0 +1,73 @@
+import CSevPEB
+import CSevPEBShims
+
+/// What a `sevpeb_tracker *` points at: the tracker and its two migration
+/// sessions. Kept alive by an unmanaged retain from create to destroy.
+final class Handle {
+    let tracker: Tracker
+    let save: SaveSession
+    let load: LoadSession
+    private init(_ t: Tracker, _ s: SaveSession, _ l: LoadSession) { tracker = t; save = s; load = l }
+    static func create() throws(SevError) -> Handle {
+        Handle(try Tracker.create(), try SaveSession.create(), try LoadSession.create())
+    }
+}
+
+/// Borrow the handle without retain/release (the caller owns it).
+@inline(__always) func withHandle<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Handle) -> R) -> R {
+    guard let h else {
+        setLastError(SevError(EINVAL, "tracker handle is NULL"))
+        return fail
+    }
+    return Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(h))._withUnsafeGuaranteedRef(body)
+}
+
+/// Store `e` as the calling thread's sevpeb_last_error() text.
+func setLastError(_ e: SevError) {
+    let buf = spbshim_errbuf()!
+    var n = 0
+    let cap = Int(SEVPEB_SHIM_ERRBUF) &- 1
+    for b in e.message.utf8 {
+        if n >= cap { break }
+        buf[n] = CChar(bitPattern: b)
+        n &+= 1
+    }
+    buf[n] = 0
+}
+
+/// Run `body`; map a thrown error to -errno and the thread's message.
+@inline(__always) func cCall(_ body: () throws(SevError) -> Int32) -> Int32 {
+    do throws(SevError) { return try body() } catch {
+        setLastError(error)
+        return error.negativeErrno
+    }
+}
+
+/// Writes through the caller's sevpeb_write_fn.
+struct CWriter: ByteSink {
+    let fn: sevpeb_write_fn
+    let opaque: UnsafeMutableRawPointer?
+    mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError) {
+        guard let base = p.baseAddress, p.count > 0 else { return }
+        let r = fn(opaque, base.assumingMemoryBound(to: UInt8.self), p.count)
+        if r < 0 { throw SevError(-r, "write callback failed with \(r) writing \(p.count) bytes") }
+    }
+}
+
+/// Reads through the caller's sevpeb_read_fn.
+struct CReader: ByteSource {
+    let fn: sevpeb_read_fn
+    let opaque: UnsafeMutableRawPointer?
+    var consumed = 0
+    mutating func read(_ p: UnsafeMutableRawBufferPointer) throws(SevError) {
+        guard let base = p.baseAddress, p.count > 0 else { return }
+        let r = fn(opaque, base.assumingMemoryBound(to: UInt8.self), p.count)
+        if r < 0 {
+            if -r == ENODATA {
+                throw SevError(ENODATA, "stream truncated: \(p.count) bytes missing after \(consumed) bytes of this section")
+            }
+            throw SevError(-r, "read callback failed with \(r) after \(consumed) bytes of this section")
+        }
+        consumed &+= p.count
+    }
+}

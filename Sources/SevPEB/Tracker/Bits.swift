@@ -1,0 +1,187 @@
+/// Word-level bit primitives over raw `UInt64` storage (bit i = word i/64,
+/// bit i%64, least significant first: a Linux bitmap on little-endian x86).
+/// Range operations go head word -> full words -> tail word with a same-word
+/// fast path, after swift-collections' `_UnsafeBitSet` and QEMU's
+/// util/bitmap.c. Callers guarantee ranges are in bounds; nothing here traps
+/// on valid input (wrapping arithmetic only).
+enum Bits {
+    /// Mask of bits [lo, hi) within one word, 0 <= lo < hi <= 64.
+    @inline(__always) static func mask(_ lo: Int, _ hi: Int) -> UInt64 {
+        let upper: UInt64 = hi >= 64 ? ~0 : ((1 as UInt64) &<< UInt64(hi)) &- 1
+        let lower: UInt64 = ((1 as UInt64) &<< UInt64(lo)) &- 1
+        return upper & ~lower
+    }
+
+    /// Set bits [from, to) to `value`; returns true if any bit changed.
+    @discardableResult
+    static func fill(_ w: UnsafeMutablePointer<UInt64>, from: Int, to: Int, value: Bool) -> Bool {
+        if from >= to { return false }
+        let fw = from &>> 6, lw = (to &- 1) &>> 6
+        var changed: UInt64 = 0
+        if fw == lw {
+            let m = mask(from & 63, ((to &- 1) & 63) &+ 1)
+            let old = w[fw]
+            let new = value ? old | m : old & ~m
+            changed = old ^ new
+            w[fw] = new
+            return changed != 0
+        }
+        let hm = mask(from & 63, 64)
+        var old = w[fw]
+        var new = value ? old | hm : old & ~hm
+        changed |= old ^ new
+        w[fw] = new
+        let full: UInt64 = value ? ~0 : 0
+        var i = fw &+ 1
+        while i < lw {
+            changed |= w[i] ^ full
+            w[i] = full
+            i &+= 1
+        }
+        let tm = mask(0, ((to &- 1) & 63) &+ 1)
+        old = w[lw]
+        new = value ? old | tm : old & ~tm
+        changed |= old ^ new
+        w[lw] = new
+        return changed != 0
+    }
+
+    /// Number of one bits in [from, to).
+    static func countOnes(_ w: UnsafePointer<UInt64>, from: Int, to: Int) -> Int {
+        if from >= to { return 0 }
+        let fw = from &>> 6, lw = (to &- 1) &>> 6
+        if fw == lw {
+            return (w[fw] & mask(from & 63, ((to &- 1) & 63) &+ 1)).nonzeroBitCount
+        }
+        var n = (w[fw] & mask(from & 63, 64)).nonzeroBitCount
+        var i = fw &+ 1
+        while i < lw { n &+= w[i].nonzeroBitCount; i &+= 1 }
+        n &+= (w[lw] & mask(0, ((to &- 1) & 63) &+ 1)).nonzeroBitCount
+        return n
+    }
+
+    @inline(__always) static func test(_ w: UnsafePointer<UInt64>, _ i: Int) -> Bool {
+        (w[i &>> 6] &>> UInt64(i & 63)) & 1 != 0
+    }
+
+    /// First index in [from, to) whose bit equals `value`, or `to`.
+    static func find(_ w: UnsafePointer<UInt64>, value: Bool, from: Int, to: Int) -> Int {
+        if from >= to { return to }
+        var wi = from &>> 6
+        let lw = (to &- 1) &>> 6
+        var word = (value ? w[wi] : ~w[wi]) & mask(from & 63, 64)
+        while true {
+            if word != 0 {
+                let r = (wi &<< 6) &+ word.trailingZeroBitCount
+                return r < to ? r : to
+            }
+            wi &+= 1
+            if wi > lw { return to }
+            word = value ? w[wi] : ~w[wi]
+        }
+    }
+
+    /// 64 bits starting at bit `at` of `w` (which has `words` words; bits past
+    /// the end read as 0).
+    @inline(__always) static func read64(_ w: UnsafePointer<UInt64>, words: Int, at: Int) -> UInt64 {
+        let wi = at &>> 6, sh = UInt64(at & 63)
+        let lo = wi < words ? w[wi] : 0
+        if sh == 0 { return lo }
+        let hi = wi &+ 1 < words ? w[wi &+ 1] : 0
+        return (lo &>> sh) | (hi &<< (64 &- sh))
+    }
+
+    /// Number of maximal runs of zero bits in [0, n).
+    static func zeroRuns(_ w: UnsafePointer<UInt64>, bits n: Int) -> Int {
+        // A zero run starts at i where bit i == 0 and (i == 0 or bit i-1 == 1).
+        let words = (n &+ 63) &>> 6
+        var runs = 0
+        var prevTop: UInt64 = 1  // "bit -1" counts as one
+        var i = 0
+        while i < words {
+            var x = w[i]
+            if i == words &- 1 && n & 63 != 0 { x |= ~mask(0, n & 63) } // past-end bits as ones
+            let zeros = ~x
+            let prevOnes = (x &<< 1) | prevTop
+            runs &+= (zeros & prevOnes).nonzeroBitCount
+            prevTop = x &>> 63
+            i &+= 1
+        }
+        return runs
+    }
+}
+
+/// Reads bits at arbitrary offsets from a byte buffer (LSB-first bytes), never
+/// past `bytes`.
+struct ByteBitSource {
+    let p: UnsafePointer<UInt8>
+    let bytes: Int
+
+    /// 64 bits starting at bit `at` (bits past the buffer read as 0).
+    @inline(__always) func read64(at: Int) -> UInt64 {
+        let b = at &>> 3, sh = UInt64(at & 7)
+        var lo: UInt64 = 0
+        if b &+ 8 <= bytes {
+            lo = UInt64(littleEndian: UnsafeRawPointer(p + b).loadUnaligned(as: UInt64.self))
+        } else {
+            var k = 0
+            while b &+ k < bytes && k < 8 { lo |= UInt64(p[b &+ k]) &<< UInt64(k &* 8); k &+= 1 }
+        }
+        if sh == 0 { return lo }
+        let extra: UInt64 = b &+ 8 < bytes ? UInt64(p[b &+ 8]) : 0
+        return (lo &>> sh) | (extra &<< (64 &- sh))
+    }
+}
+
+/// Appends bits to a byte buffer, LSB first, starting at bit 0. Whole 64-bit
+/// words are stored directly; the final partial byte keeps the buffer's bits
+/// above the end (the seed's GET preserves them).
+struct ByteBitSink {
+    let p: UnsafeMutablePointer<UInt8>
+    var acc: UInt64 = 0
+    var accBits = 0
+    var outByte = 0
+
+    init(_ p: UnsafeMutablePointer<UInt8>) { self.p = p }
+
+    @inline(__always) mutating func emitWord(_ w: UInt64) {
+        UnsafeMutableRawPointer(p + outByte).storeBytes(of: w.littleEndian, as: UInt64.self)
+        outByte &+= 8
+    }
+
+    /// Append the low `n` bits of `v` (1...64).
+    @inline(__always) mutating func append(_ v: UInt64, _ n: Int) {
+        let v = n == 64 ? v : v & ((1 as UInt64) &<< UInt64(n) &- 1)
+        acc |= v &<< UInt64(accBits)
+        let total = accBits &+ n
+        if total >= 64 {
+            emitWord(acc)
+            acc = accBits == 0 ? 0 : v &>> UInt64(64 &- accBits)
+            accBits = total &- 64
+        } else {
+            accBits = total
+        }
+    }
+
+    mutating func appendRepeated(_ value: Bool, _ count: Int) {
+        var n = count
+        let w: UInt64 = value ? ~0 : 0
+        while n >= 64 { append(w, 64); n &-= 64 }
+        if n > 0 { append(w, n) }
+    }
+
+    /// Write out the remaining bits, preserving bits above them in the last byte.
+    mutating func finish() {
+        var bits = accBits
+        var v = acc
+        while bits >= 8 {
+            p[outByte] = UInt8(truncatingIfNeeded: v)
+            v &>>= 8; bits &-= 8; outByte &+= 1
+        }
+        if bits > 0 {
+            let m = UInt8(truncatingIfNeeded: ((1 as UInt64) &<< UInt64(bits)) &- 1)
+            p[outByte] = (p[outByte] & ~m) | (UInt8(truncatingIfNeeded: v) & m)
+        }
+        acc = 0; accBits = 0
+    }
+}

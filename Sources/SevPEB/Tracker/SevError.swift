@@ -1,0 +1,59 @@
+import CSevPEBShims
+
+/// A failure: a positive errno class (`code`) and a one-phrase detail naming
+/// the field, the value read and the value expected.
+///
+/// Every public entry point maps it to `-code` and stores `message` as the
+/// calling thread's `sevpeb_last_error()`. Built only on error paths, so the
+/// success paths never allocate for it.
+public struct SevError: Error {
+    public var code: Int32
+    public var message: String
+
+    public init(_ code: Int32, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// The value C callers see.
+    public var negativeErrno: Int32 { -code }
+
+    static func invalid(_ m: String) -> SevError { SevError(EINVAL, m) }
+    static func outOfRange(_ m: String) -> SevError { SevError(ERANGE, m) }
+    static func noMemory(_ what: String) -> SevError { SevError(ENOMEM, "out of memory allocating \(what)") }
+}
+
+/// Hex text for messages: "0x1f".
+@inline(never)
+func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+/// Error classes (for `sevpeb_strerror`): the errnos this library returns and
+/// what each means here.
+public enum ErrorClass {
+    public static func name(_ err: Int32) -> StaticString {
+        switch err < 0 ? -err : err {
+        case 0: return "success"
+        case EINVAL: return "invalid argument"
+        case ERANGE: return "GFN range outside the memory layout"
+        case EEXIST: return "slot overlaps an existing slot"
+        case ENOENT: return "no such slot"
+        case ENOSPC: return "buffer or table too small"
+        case ENOMEM: return "out of memory"
+        case EBUSY: return "a migration session is already active"
+        case EAGAIN: return "guest not ready for migration"
+        case EPROTO: return "no migration session active"
+        case EPROTONOSUPPORT: return "unsupported stream format version"
+        case EBADMSG: return "malformed stream record"
+        case EMSGSIZE: return "stream length over its bound"
+        case EREMCHG: return "stream layout differs from the destination's"
+        case EILSEQ: return "stream digest or count mismatch"
+        case ENODATA: return "stream truncated"
+        case EBADF: return "bad file descriptor"
+        case ENOTTY: return "ioctl not supported by this kernel"
+        case EOPNOTSUPP: return "operation not supported"
+        case ENOSYS: return "not implemented by this kernel"
+        case EIO: return "I/O error"
+        default: return "unknown error"
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import CSevPEBShims
+
+/// Geometry of the lazy storage.
+///
+/// A slot's pages are cut into *chunks* of 2^14 pages (64 MiB of guest,
+/// 2 KiB of bits), aligned to the slot's base; 64 chunks make a *group*
+/// (2^20 pages, 4 GiB). A chunk is either uniform (private or shared: no
+/// storage, one bit in its group) or mixed (a 2 KiB block of bits).
+///
+/// Invariants (checked by `Tracker.checkInvariants`):
+/// - a group's `mixed` bit c is set iff `blocks[c]` is non-nil;
+/// - `shared` bits are only set where `mixed` is clear;
+/// - bits for chunks past the slot's last chunk are clear in every mask;
+/// - block bits at or above the chunk's length are zero (padding);
+/// - `blocks` is nil when `mixed == 0`.
+enum Geometry {
+    static let chunkShift = 14
+    static let chunkPages = 1 << chunkShift            // 16384 pages
+    static let chunkWords = chunkPages >> 6           // 256 words = 2 KiB
+    static let blockWords = chunkWords + 1            // + cached chunk hash
+    static let groupShift = 6
+    static let chunksPerGroup = 1 << groupShift       // 64
+    static let groupPages = UInt64(1) << UInt64(chunkShift + groupShift)  // 2^20 pages
+
+    @inline(__always) static func chunks(_ pages: UInt64) -> UInt64 {
+        (pages &+ UInt64(chunkPages &- 1)) &>> UInt64(chunkShift)
+    }
+    @inline(__always) static func groups(_ pages: UInt64) -> UInt64 {
+        (chunks(pages) &+ UInt64(chunksPerGroup &- 1)) &>> UInt64(groupShift)
+    }
+    /// Length in pages of chunk `c` of a slot of `pages` pages.
+    @inline(__always) static func chunkLen(_ c: UInt64, _ pages: UInt64) -> Int {
+        let start = c &<< UInt64(chunkShift)
+        let rest = pages &- start
+        return rest >= UInt64(chunkPages) ? chunkPages : Int(truncatingIfNeeded: rest)
+    }
+}
+
+/// Per-group bookkeeping: 64 chunks.
+struct Group {
+    var shared: UInt64 = 0   // uniform chunks that are shared
+    var mixed: UInt64 = 0    // chunks with a block
+    var dirty: UInt64 = 0    // changed since last taken by the encoder
+    var hashOK: UInt64 = 0   // mixed chunks whose cached hash (block word 256) is current
+    var blocks: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>?>? = nil
+    var hash: UInt64 = 0     // cached group hash, valid iff hashValid
+    var hashValid = false
+}
+
+/// One memory slot: [base, base + pages).
+struct SlotRec {
+    var base: UInt64
+    var pages: UInt64
+    var groups: UnsafeMutablePointer<Group>
+    var groupCount: Int
+    var end: UInt64 { base &+ pages }
+}
+
+/// Raw allocation that reports failure instead of trapping (Swift's
+/// `allocate(capacity:)` aborts when malloc fails), and counts bytes.
+enum Mem {
+    static func calloc<T>(_ count: Int, _ type: T.Type) -> UnsafeMutablePointer<T>? {
+        if count <= 0 { return nil }
+        let (bytes, o) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
+        if o || bytes > Int(1) << 40 { return nil }
+        guard let raw = CSevPEBShims.calloc(1, bytes) else { return nil }
+        return raw.bindMemory(to: T.self, capacity: count)
+    }
+    static func free<T>(_ p: UnsafeMutablePointer<T>?) {
+        if let p { CSevPEBShims.free(UnsafeMutableRawPointer(p)) }
+    }
+    static func bytes<T>(_ count: Int, _ type: T.Type) -> Int { count &* MemoryLayout<T>.stride }
+}

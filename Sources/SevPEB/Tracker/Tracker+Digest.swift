@@ -1,0 +1,92 @@
+/// The state digest (docs/FORMAT.md, "Digest"): a three-level XXH64 tree.
+///
+///   chunk hash  = XXH64 of the chunk's bits as little-endian words (bits at
+///                 or above the chunk length are zero)
+///   group hash  = XXH64 of the hashes of the group's chunks (up to 64 words)
+///   digest      = XXH64 of, for each slot in GFN order: base, npages, then
+///                 its group hashes (all as little-endian words)
+///
+/// Chunk and group hashes are cached and invalidated by every change, so a
+/// digest after few changes costs O(changed groups + groups).
+extension Tracker {
+    static let privateChunkHash = uniformHash(len: Geometry.chunkPages, value: true)
+    static let sharedChunkHash = uniformHash(len: Geometry.chunkPages, value: false)
+
+    static func uniformHash(len: Int, value: Bool) -> UInt64 {
+        var x = XXH64()
+        let words = (len &+ 63) &>> 6
+        for i in 0..<words {
+            var w: UInt64 = value ? ~0 : 0
+            if value && i == words &- 1 && len & 63 != 0 { w = Bits.mask(0, len & 63) }
+            x.add(w)
+        }
+        return x.finish()
+    }
+
+    /// Hash of chunk c of slot s (lock held).
+    func chunkHash(_ s: Int, _ c: UInt64) -> UInt64 {
+        let g = group(s, c)
+        let bit = c & 63
+        let len = Geometry.chunkLen(c, slots![s].pages)
+        if let u = uniformValue(g, bit) {
+            if len == Geometry.chunkPages { return u ? Tracker.privateChunkHash : Tracker.sharedChunkHash }
+            return Tracker.uniformHash(len: len, value: u)
+        }
+        let blk = block(g, bit)
+        if g.pointee.hashOK & (1 &<< bit) != 0 { return blk[Geometry.chunkWords] }
+        let h = XXH64.hash(words: blk, count: (len &+ 63) &>> 6)
+        blk[Geometry.chunkWords] = h
+        g.pointee.hashOK |= 1 &<< bit
+        return h
+    }
+
+    /// Hash of group gi of slot s (lock held).
+    func groupHash(_ s: Int, _ gi: Int) -> UInt64 {
+        let g = slots![s].groups + gi
+        if g.pointee.hashValid { return g.pointee.hash }
+        let nch = Geometry.chunks(slots![s].pages)
+        let first = UInt64(gi) &<< 6
+        let last = min(nch, first &+ 64)
+        var x = XXH64()
+        var c = first
+        while c < last { x.add(chunkHash(s, c)); c &+= 1 }
+        let h = x.finish()
+        g.pointee.hash = h
+        g.pointee.hashValid = true
+        return h
+    }
+
+    /// Digest of the whole state (layout and bits), one consistent snapshot.
+    public func digest() -> UInt64 {
+        withLock {
+            var x = XXH64()
+            for s in 0..<slotCount {
+                x.add(slots![s].base)
+                x.add(slots![s].pages)
+                for gi in 0..<slots![s].groupCount { x.add(groupHash(s, gi)) }
+            }
+            return x.finish()
+        }
+    }
+
+    /// Recompute stale group hashes, taking the lock once per group, so that
+    /// a later `digest()` (at downtime) only hashes what changed since.
+    public func refreshDigestCache() {
+        var s = 0
+        var gi = 0
+        while true {
+            let more = withLock { () -> Bool in
+                while s < slotCount {
+                    if gi < slots![s].groupCount {
+                        _ = groupHash(s, gi)
+                        gi &+= 1
+                        return true
+                    }
+                    s &+= 1; gi = 0
+                }
+                return false
+            }
+            if !more { return }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+import CSevPEBShims
+
+/// The destination side: reads payloads into a staging tracker and commits
+/// it to the live tracker only when FINAL's digest, counts and layout check.
+/// Any error leaves the live tracker untouched and poisons the session
+/// until the next `setup()` (docs/FORMAT.md, "Validation").
+public final class LoadSession {
+    var staging: Tracker? = nil
+    var sawHeader = false
+    var sawLayout = false
+    var finished = false
+    var failed = false
+    var control: UInt64 = 0
+    var controlSeen = false
+    /// Offset in the current payload, for messages.
+    var offset = 0
+    let scratch: UnsafeMutablePointer<UInt8>
+    public private(set) var payloads = 0
+    public private(set) var bytes: UInt64 = 0
+
+    private init(scratch: UnsafeMutablePointer<UInt8>) { self.scratch = scratch }
+    public static func create() throws(SevError) -> LoadSession {
+        guard let s = Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
+        return LoadSession(scratch: s)
+    }
+    deinit { Mem.free(scratch) }
+
+    public func setup() {
+        staging = nil; sawHeader = false; sawLayout = false; finished = false; failed = false
+        controlSeen = false; control = 0; payloads = 0; bytes = 0
+    }
+
+    /// Read one payload (through END_OF_PAYLOAD). Returns true when it ended
+    /// with a FINAL that checked and the state was committed into `live`.
+    public func load<R: ByteSource>(_ live: Tracker, _ src: inout R, version: UInt32) throws(SevError) -> Bool {
+        if failed { throw SevError(EBADMSG, "incoming stream already failed; no further sections accepted") }
+        do throws(SevError) {
+            if version != Wire.sectionVersion {
+                throw SevError(EPROTONOSUPPORT, "section version \(version) not supported (expected \(Wire.sectionVersion))")
+            }
+            if finished { throw SevError(EBADMSG, "section after the FINAL record") }
+            offset = 0
+            payloads &+= 1
+            var committed = false
+            while true {
+                let at = offset
+                let type = try u8(&src)
+                guard let r = Wire.Record(rawValue: type) else {
+                    throw SevError(EBADMSG, "unknown record type \(hex(UInt64(type))) at payload offset \(at)")
+                }
+                if !sawHeader && r != .header {
+                    throw SevError(EBADMSG, "record \(r.name) at offset \(at) before HEADER")
+                }
+                if finished && r != .end {
+                    throw SevError(EBADMSG, "record \(r.name) at offset \(at) after FINAL")
+                }
+                switch r {
+                case .end:
+                    bytes &+= UInt64(offset)
+                    return committed
+                case .header: try readHeader(&src, at)
+                case .layout: try readLayout(live, &src, at)
+                case .control:
+                    let v = try be64(&src)
+                    if v & ~MigrationControl.ready != 0 {
+                        throw SevError(EBADMSG, "CONTROL at offset \(at): value \(hex(v)) has reserved bits set")
+                    }
+                    control = v; controlSeen = true
+                case .fill, .bits, .runs:
+                    guard let st = staging, sawLayout else {
+                        throw SevError(EBADMSG, "record \(r.name) at offset \(at) before LAYOUT")
+                    }
+                    try readState(r, st, &src, at)
+                case .final:
+                    try readFinal(live, &src, at)
+                    committed = true
+                    finished = true
+                }
+            }
+        } catch {
+            failed = true
+            staging = nil
+            throw error
+        }
+    }
+
+    public func cleanup() { staging = nil }
+
+    // MARK: records
+
+    func readHeader<R: ByteSource>(_ src: inout R, _ at: Int) throws(SevError) {
+        if sawHeader { throw SevError(EBADMSG, "second HEADER at offset \(at)") }
+        if offset != 1 || payloads != 1 { throw SevError(EBADMSG, "HEADER at offset \(at) of payload \(payloads): must open the first payload") }
+        let m = try be32(&src)
+        if m != Wire.magic { throw SevError(EBADMSG, "HEADER magic \(hex(UInt64(m))) (expected \(hex(UInt64(Wire.magic))) \"SVPB\")") }
+        let v = try be16(&src)
+        if v != Wire.version { throw SevError(EPROTONOSUPPORT, "format version \(v) not supported (this library reads version \(Wire.version))") }
+        let ps = try u8(&src)
+        if ps != Wire.pageShift { throw SevError(EBADMSG, "HEADER page_shift \(ps) (expected \(Wire.pageShift): 4 KiB pages)") }
+        let fl = try u8(&src)
+        if fl != 0 { throw SevError(EBADMSG, "HEADER flags \(hex(UInt64(fl))): reserved, must be 0") }
+        sawHeader = true
+    }
+
+    func readLayout<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
+        let n = try be32(&src)
+        if n > Wire.maxSlots { throw SevError(EMSGSIZE, "LAYOUT at offset \(at): nslots \(n) over the limit \(Wire.maxSlots)") }
+        let mine = live.slotList
+        var declared: [Tracker.Slot] = []
+        declared.reserveCapacity(Int(n))
+        var prevEnd: UInt64 = 0
+        for i in 0..<Int(n) {
+            let base = try be64(&src), pages = try be64(&src)
+            let (end, o) = base.addingReportingOverflow(pages)
+            if pages == 0 || o || end > Tracker.gfnLimit {
+                throw SevError(EBADMSG, "LAYOUT slot \(i): gfn \(hex(base)) + \(pages) pages invalid (empty or beyond \(hex(Tracker.gfnLimit)))")
+            }
+            if i > 0 && base < prevEnd {
+                throw SevError(EBADMSG, "LAYOUT slot \(i) at gfn \(hex(base)) overlaps or precedes the previous slot ending at \(hex(prevEnd))")
+            }
+            prevEnd = end
+            let s = Tracker.Slot(base: base, pages: pages)
+            if !mine.contains(s) {
+                throw SevError(EREMCHG, "LAYOUT slot \(i) gfn \(hex(base)) + \(pages) pages does not match any destination slot (\(describe(mine)))")
+            }
+            declared.append(s)
+        }
+        if staging == nil { staging = try Tracker.create() }
+        try staging!.applyLayout(declared)
+        sawLayout = true
+    }
+
+    func describe(_ slots: [Tracker.Slot]) -> String {
+        var s = "destination has \(slots.count) slots"
+        for (i, sl) in slots.prefix(4).enumerated() { s += (i == 0 ? ": " : ", ") + "\(hex(sl.base))+\(sl.pages)" }
+        if slots.count > 4 { s += ", ..." }
+        return s
+    }
+
+    func readState<R: ByteSource>(_ r: Wire.Record, _ st: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
+        let gfn = try be64(&src)
+        switch r {
+        case .fill:
+            let n = try be64(&src)
+            let v = try u8(&src)
+            if v > 1 { throw SevError(EBADMSG, "FILL at offset \(at): state \(v) (expected 0 shared or 1 private)") }
+            try wrapRange(at, "FILL") { () throws(SevError) in try st.setRange(gfn, n, private: v == 1) }
+        case .bits:
+            let n = try be32(&src)
+            if n == 0 || n > Wire.maxRecordPages {
+                throw SevError(EMSGSIZE, "BITS at offset \(at): npages \(n) (expected 1..\(Wire.maxRecordPages))")
+            }
+            let nb = Int((n &+ 7) &>> 3)
+            try src.read(UnsafeMutableRawBufferPointer(start: scratch, count: nb)); offset &+= nb
+            if n & 7 != 0 && scratch[nb &- 1] &>> UInt8(n & 7) != 0 {
+                throw SevError(EBADMSG, "BITS at offset \(at): padding bits above npages \(n) not zero (last byte \(hex(UInt64(scratch[nb &- 1]))))")
+            }
+            try wrapRange(at, "BITS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+        case .runs:
+            let n = try be32(&src)
+            if n == 0 || n > Wire.maxRecordPages {
+                throw SevError(EMSGSIZE, "RUNS at offset \(at): npages \(n) (expected 1..\(Wire.maxRecordPages))")
+            }
+            let nr = try be32(&src)
+            if nr == 0 || nr > n / 2 &+ 1 {
+                throw SevError(EMSGSIZE, "RUNS at offset \(at): nruns \(nr) (expected 1..\(n / 2 &+ 1) for \(n) pages)")
+            }
+            // Build the bits in scratch: private, then the shared runs.
+            let nb = Int((n &+ 7) &>> 3)
+            let words = UnsafeMutableRawPointer(scratch).bindMemory(to: UInt64.self, capacity: (nb &+ 7) / 8 &+ 1)
+            let nw = (Int(n) &+ 63) &>> 6
+            for i in 0..<nw { words[i] = 0 }
+            Bits.fill(words, from: 0, to: Int(n), value: true)
+            var next = 0
+            for k in 0..<Int(nr) {
+                let off = Int(try be16(&src)), len = Int(try be16(&src)) &+ 1
+                if off < next || off &+ len > Int(n) || (k > 0 && off == next) {
+                    throw SevError(EBADMSG, "RUNS at offset \(at): run \(k) [\(off), +\(len)) not ascending, touching the previous run or beyond npages \(n)")
+                }
+                Bits.fill(words, from: off, to: off &+ len, value: false)
+                next = off &+ len
+            }
+            // scratch is little-endian words == LSB-first bytes on x86; store
+            // explicitly so big-endian hosts agree.
+            for i in 0..<nw { words[i] = words[i].littleEndian }
+            try wrapRange(at, "RUNS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+        default: break
+        }
+    }
+
+    /// Re-label tracker range errors with the record and its offset.
+    func wrapRange(_ at: Int, _ what: String, _ body: () throws(SevError) -> Void) throws(SevError) {
+        do throws(SevError) { try body() } catch {
+            throw SevError(error.code, "\(what) at offset \(at): \(error.message)")
+        }
+    }
+
+    func readFinal<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
+        let digest = try be64(&src), pages = try be64(&src), shared = try be64(&src)
+        guard let st = staging, sawLayout else { throw SevError(EBADMSG, "FINAL at offset \(at) before LAYOUT") }
+        let (myPages, myShared) = st.totals()
+        if myPages != pages || myShared != shared {
+            throw SevError(EILSEQ, "FINAL at offset \(at): source counts \(pages) pages / \(shared) shared, received state has \(myPages) / \(myShared)")
+        }
+        let d = st.digest()
+        if d != digest {
+            throw SevError(EILSEQ, "FINAL at offset \(at): digest \(hex(digest)) from the source, \(hex(d)) over the received state")
+        }
+        try live.adopt(st)
+        if controlSeen { try live.setMigrationControl(control) }
+        staging = nil
+    }
+
+    // MARK: primitive reads
+
+    @inline(__always) func u8<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt8 {
+        var v: UInt8 = 0
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        offset &+= 1
+        return v
+    }
+    @inline(__always) func be16<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt16 {
+        var v: UInt16 = 0
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        offset &+= 2
+        return UInt16(bigEndian: v)
+    }
+    @inline(__always) func be32<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt32 {
+        var v: UInt32 = 0
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        offset &+= 4
+        return UInt32(bigEndian: v)
+    }
+    @inline(__always) func be64<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt64 {
+        var v: UInt64 = 0
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        offset &+= 8
+        return UInt64(bigEndian: v)
+    }
+}

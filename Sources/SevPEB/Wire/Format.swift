@@ -1,0 +1,97 @@
+import CSevPEBShims
+
+/// The sevpeb migration section payload, format version 1.
+/// docs/FORMAT.md is the specification; this file mirrors it.
+///
+/// A payload (one QEMU START / PART / END / FULL section) is a sequence of
+/// records, each a type byte and a fixed-layout body of big-endian integers,
+/// ending with END_OF_PAYLOAD:
+///
+///   0x01 HEADER   be32 magic "SVPB" | be16 version (1) | u8 page_shift (12) | u8 flags (0)
+///   0x02 LAYOUT   be32 nslots (<= 32768) | nslots x (be64 base_gfn, be64 npages)
+///   0x03 CONTROL  be64 MSR_KVM_MIGRATION_CONTROL value (bit 0 only)
+///   0x10 FILL     be64 gfn | be64 npages (> 0) | u8 state (0 shared, 1 private)
+///   0x11 BITS     be64 gfn | be32 npages (1..65536) | ceil(npages/8) bytes,
+///                 bit i = byte i/8 bit i%8 (LSB first), 1 = private; bits >= npages zero
+///   0x12 RUNS     be64 gfn | be32 npages (1..65536) | be32 nruns (1..npages/2+1) |
+///                 nruns x (be16 offset, be16 length-1): shared runs, ascending, not
+///                 touching; the rest of [gfn, gfn+npages) is private
+///   0x20 FINAL    be64 digest | be64 total_pages | be64 shared_pages
+///   0xFF END_OF_PAYLOAD (no body)
+public enum Wire {
+    public static let magic: UInt32 = 0x5356_5042   // "SVPB"
+    public static let version: UInt16 = 1
+    public static let pageShift: UInt8 = 12
+    public static let sectionVersion: UInt32 = 1
+    public static let idstr = "sev-page-enc-bitmap"
+
+    public static let maxSlots = UInt32(Tracker.maxSlots)
+    /// Largest npages of one BITS or RUNS record (8 KiB of bits).
+    public static let maxRecordPages: UInt32 = 1 << 16
+
+    public enum Record: UInt8 {
+        case header = 0x01
+        case layout = 0x02
+        case control = 0x03
+        case fill = 0x10
+        case bits = 0x11
+        case runs = 0x12
+        case final = 0x20
+        case end = 0xFF
+
+        public var name: StaticString {
+            switch self {
+            case .header: return "HEADER"
+            case .layout: return "LAYOUT"
+            case .control: return "CONTROL"
+            case .fill: return "FILL"
+            case .bits: return "BITS"
+            case .runs: return "RUNS"
+            case .final: return "FINAL"
+            case .end: return "END_OF_PAYLOAD"
+            }
+        }
+    }
+
+    /// Bytes of each fixed record (type byte included).
+    public static let headerBytes = 1 + 8
+    public static let fillBytes = 1 + 17
+    public static let finalBytes = 1 + 24
+    public static let controlBytes = 1 + 8
+}
+
+/// Where encoded bytes go. Generic (not an existential) so it works in
+/// Embedded Swift.
+public protocol ByteSink {
+    mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError)
+}
+
+/// Where decoded bytes come from: fills the buffer exactly or throws.
+public protocol ByteSource {
+    mutating func read(_ p: UnsafeMutableRawBufferPointer) throws(SevError)
+}
+
+/// A growable byte array sink (tests, CLI).
+public struct ArraySink: ByteSink {
+    public var bytes: [UInt8] = []
+    public init() {}
+    public mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError) {
+        bytes.append(contentsOf: p)
+    }
+}
+
+/// Reads from an array; running out is -ENODATA (truncation).
+public struct ArraySource: ByteSource {
+    public let bytes: [UInt8]
+    public var offset = 0
+    public init(_ bytes: [UInt8], offset: Int = 0) { self.bytes = bytes; self.offset = offset }
+    public mutating func read(_ p: UnsafeMutableRawBufferPointer) throws(SevError) {
+        if p.count > bytes.count &- offset {
+            throw SevError(ENODATA, "stream truncated at offset \(bytes.count): needed \(p.count) more bytes at offset \(offset)")
+        }
+        bytes.withUnsafeBytes { src in
+            p.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[offset..<(offset &+ p.count)]))
+        }
+        offset &+= p.count
+    }
+}

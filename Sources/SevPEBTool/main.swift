@@ -1,0 +1,1 @@
+print("sevpeb CLI: under construction")
