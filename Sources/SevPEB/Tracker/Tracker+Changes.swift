@@ -1,3 +1,4 @@
+import Synchronization
 /// Change tracking for live migration.
 ///
 /// Every update sets its chunk's dirty bit under the lock *after* changing

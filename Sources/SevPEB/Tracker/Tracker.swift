@@ -74,8 +74,8 @@ public final class Tracker {
 
     /// Index of the first slot whose end is above `gfn` (slotCount if none).
     @inline(__always) func firstSlotEndingAfter(_ gfn: UInt64) -> Int {
+        guard let sl = slots else { return 0 }
         var lo = 0, hi = slotCount
-        let sl = slots!
         while lo < hi {
             let mid = (lo &+ hi) &>> 1
             if sl[mid].end <= gfn { lo = mid &+ 1 } else { hi = mid }

@@ -14,6 +14,11 @@ public final class LoadSession {
     var controlSeen = false
     /// Offset in the current payload, for messages.
     var offset = 0
+    /// End GFN of the last state record in this payload (records ascend).
+    var lastEnd: UInt64 = 0
+    var anyState = false
+    /// Checksum of the current payload's bytes so far.
+    var check = XXH64()
     let scratch: UnsafeMutablePointer<UInt8>
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
@@ -40,6 +45,7 @@ public final class LoadSession {
             }
             if finished { throw SevError(EBADMSG, "section after the FINAL record") }
             offset = 0
+            lastEnd = 0; anyState = false; check = XXH64()
             payloads &+= 1
             var committed = false
             while true {
@@ -56,7 +62,21 @@ public final class LoadSession {
                 }
                 switch r {
                 case .end:
+                    let want = UInt32(truncatingIfNeeded: check.finish())
+                    var v: UInt32 = 0
+                    try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+                    offset &+= 4
+                    let got = UInt32(bigEndian: v)
+                    if got != want {
+                        throw SevError(EILSEQ, "END_OF_PAYLOAD at offset \(at): payload checksum \(hex(UInt64(got))) read, \(hex(UInt64(want))) computed over the \(at &+ 1) payload bytes")
+                    }
                     bytes &+= UInt64(offset)
+                    if committed {
+                        // FINAL checked and this payload's checksum too: commit.
+                        try live.adopt(staging!)
+                        if controlSeen { try live.setMigrationControl(control) }
+                        staging = nil
+                    }
                     return committed
                 case .header: try readHeader(&src, at)
                 case .layout: try readLayout(live, &src, at)
@@ -137,6 +157,17 @@ public final class LoadSession {
         return s
     }
 
+    /// State records in one payload must ascend without overlapping, so a
+    /// corrupted length cannot be masked by a later record.
+    func checkOrder(_ what: StaticString, _ at: Int, _ gfn: UInt64, _ n: UInt64) throws(SevError) {
+        if anyState && gfn < lastEnd {
+            throw SevError(EBADMSG, "\(what) at offset \(at): gfn \(hex(gfn)) overlaps or precedes the previous record ending at \(hex(lastEnd))")
+        }
+        let (e, o) = gfn.addingReportingOverflow(n)
+        if o { throw SevError(ERANGE, "\(what) at offset \(at): gfn \(hex(gfn)) + \(n) pages overflows") }
+        lastEnd = e; anyState = true
+    }
+
     func readState<R: ByteSource>(_ r: Wire.Record, _ st: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
         let gfn = try be64(&src)
         switch r {
@@ -144,14 +175,17 @@ public final class LoadSession {
             let n = try be64(&src)
             let v = try u8(&src)
             if v > 1 { throw SevError(EBADMSG, "FILL at offset \(at): state \(v) (expected 0 shared or 1 private)") }
+            try checkOrder("FILL", at, gfn, n)
             try wrapRange(at, "FILL") { () throws(SevError) in try st.setRange(gfn, n, private: v == 1) }
         case .bits:
             let n = try be32(&src)
             if n == 0 || n > Wire.maxRecordPages {
                 throw SevError(EMSGSIZE, "BITS at offset \(at): npages \(n) (expected 1..\(Wire.maxRecordPages))")
             }
+            try checkOrder("BITS", at, gfn, UInt64(n))
             let nb = Int((n &+ 7) &>> 3)
             try src.read(UnsafeMutableRawBufferPointer(start: scratch, count: nb)); offset &+= nb
+            check.update(scratch, nb)
             if n & 7 != 0 && scratch[nb &- 1] &>> UInt8(n & 7) != 0 {
                 throw SevError(EBADMSG, "BITS at offset \(at): padding bits above npages \(n) not zero (last byte \(hex(UInt64(scratch[nb &- 1]))))")
             }
@@ -161,6 +195,7 @@ public final class LoadSession {
             if n == 0 || n > Wire.maxRecordPages {
                 throw SevError(EMSGSIZE, "RUNS at offset \(at): npages \(n) (expected 1..\(Wire.maxRecordPages))")
             }
+            try checkOrder("RUNS", at, gfn, UInt64(n))
             let nr = try be32(&src)
             if nr == 0 || nr > n / 2 &+ 1 {
                 throw SevError(EMSGSIZE, "RUNS at offset \(at): nruns \(nr) (expected 1..\(n / 2 &+ 1) for \(n) pages)")
@@ -206,34 +241,35 @@ public final class LoadSession {
         if d != digest {
             throw SevError(EILSEQ, "FINAL at offset \(at): digest \(hex(digest)) from the source, \(hex(d)) over the received state")
         }
-        try live.adopt(st)
-        if controlSeen { try live.setMigrationControl(control) }
-        staging = nil
+        // The layout must equal the destination's; committed at END_OF_PAYLOAD.
+        if live.slotList != st.slotList {
+            throw SevError(EREMCHG, "FINAL at offset \(at): received layout (\(st.slotList.count) slots) differs from the destination's (\(describe(live.slotList)))")
+        }
     }
 
     // MARK: primitive reads
 
     @inline(__always) func u8<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt8 {
         var v: UInt8 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 1) }
         offset &+= 1
         return v
     }
     @inline(__always) func be16<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt16 {
         var v: UInt16 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 2) }
         offset &+= 2
         return UInt16(bigEndian: v)
     }
     @inline(__always) func be32<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt32 {
         var v: UInt32 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 4) }
         offset &+= 4
         return UInt32(bigEndian: v)
     }
     @inline(__always) func be64<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt64 {
         var v: UInt64 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 8) }
         offset &+= 8
         return UInt64(bigEndian: v)
     }

@@ -8,6 +8,9 @@ struct RecordWriter<S: ByteSink> {
     var used = 0
     var total: UInt64 = 0
     var records: UInt64 = 0
+    /// Checksum of the payload so far (bytes of buf below `hashed` are in it).
+    var check = XXH64()
+    var hashed = 0
 
     init(sink: S, buf: UnsafeMutablePointer<UInt8>, cap: Int) {
         self.sink = sink; self.buf = buf; self.cap = cap
@@ -15,9 +18,23 @@ struct RecordWriter<S: ByteSink> {
 
     mutating func flush() throws(SevError) {
         if used > 0 {
+            check.update(buf + hashed, used &- hashed)
             try sink.write(UnsafeRawBufferPointer(start: buf, count: used))
             used = 0
+            hashed = 0
         }
+    }
+
+    /// END_OF_PAYLOAD: the type byte, then the low 32 bits of XXH64 over
+    /// every payload byte up to and including that type byte; then flush.
+    mutating func endPayload() throws(SevError) {
+        try begin(.end, body: 4)
+        check.update(buf + hashed, used &- hashed)
+        hashed = used
+        let c = UInt32(truncatingIfNeeded: check.finish())
+        be32(c)
+        hashed = used
+        try flush()
     }
     /// Make room for `n` more bytes (n <= cap).
     @inline(__always) mutating func reserve(_ n: Int) throws(SevError) {
@@ -82,8 +99,7 @@ public final class SaveSession {
         cursor = 0
         _ = try writeChunks(t, &w, mode: .nonPrivate, budget: 0)
         cursor = 0
-        try w.begin(.end, body: 0)
-        try w.flush()
+        try w.endPayload()
         setupBytes = w.total
         records &+= w.records
         active = true
@@ -96,14 +112,11 @@ public final class SaveSession {
         var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
         if t.currentLayoutGeneration != sentLayoutGeneration { try writeLayout(t, &w) }
         try writeControl(t, &w, force: false)
-        var finished = try writeChunks(t, &w, mode: .dirty, budget: budget)
-        if finished && t.pendingChunks > 0 {
-            // Chunks dirtied behind the cursor during this pass: one more pass
-            // within the budget.
-            finished = try writeChunks(t, &w, mode: .dirty, budget: budget)
-        }
-        try w.begin(.end, body: 0)
-        try w.flush()
+        // One ascending pass per payload (the decoder requires ascending,
+        // non-overlapping state records): from where the last payload stopped
+        // to the end. Chunks dirtied behind the cursor go in the next payload.
+        let finished = try writeChunks(t, &w, mode: .dirty, budget: budget)
+        try w.endPayload()
         iterations &+= 1
         lastIterateBytes = w.total
         iterateBytes &+= w.total
@@ -127,8 +140,7 @@ public final class SaveSession {
         let (pages, shared) = t.totals()
         try w.begin(.final, body: 24)
         w.be64(t.digest()); w.be64(pages); w.be64(shared)
-        try w.begin(.end, body: 0)
-        try w.flush()
+        try w.endPayload()
         completeBytes = w.total
         records &+= w.records
     }

@@ -17,7 +17,8 @@ import CSevPEBShims
 ///                 nruns x (be16 offset, be16 length-1): shared runs, ascending, not
 ///                 touching; the rest of [gfn, gfn+npages) is private
 ///   0x20 FINAL    be64 digest | be64 total_pages | be64 shared_pages
-///   0xFF END_OF_PAYLOAD (no body)
+///   0xFF END_OF_PAYLOAD be32 check: low 32 bits of XXH64 over every payload byte up
+///                 to and including this record's type byte
 public enum Wire {
     public static let magic: UInt32 = 0x5356_5042   // "SVPB"
     public static let version: UInt16 = 1

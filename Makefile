@@ -1,0 +1,52 @@
+# sevpeb: build the Embedded-Swift static archive, install it, run C checks.
+#
+#   make                      out/libsevpeb.a + out/sevpeb.pc (Embedded Swift, libc only)
+#   make install PREFIX=DIR   DIR/include/sevpeb.h, DIR/lib/libsevpeb.a, DIR/lib/pkgconfig/sevpeb.pc
+#   make check PREFIX=DIR     build Tests/c against the installed library through pkg-config and run it
+#                             (plain, then ASan+UBSan)
+PREFIX ?= /usr/local
+VERSION := 0.1.0
+OUT := out
+EMB := .build-embedded
+SWIFT ?= swift
+CC ?= gcc
+SOURCES := $(shell find Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEB include -type f) Package.swift
+
+all: $(OUT)/libsevpeb.a $(OUT)/sevpeb.pc
+
+$(OUT)/libsevpeb.a: $(SOURCES)
+	@mkdir -p $(OUT)
+	SEVPEB_EMBEDDED=1 $(SWIFT) build -c release --product SevPEB --scratch-path $(EMB)
+	# Prelink into one object and keep only the public API global: Embedded
+	# Swift emits its runtime helpers as weak globals, which must not leak.
+	ld -r -o $(OUT)/sevpeb.o --whole-archive $(EMB)/release/libSevPEB.a --no-whole-archive
+	objcopy --wildcard --keep-global-symbol='sevpeb_*' --strip-debug $(OUT)/sevpeb.o
+	rm -f $@ && ar rcs $@ $(OUT)/sevpeb.o
+	@echo "exported: $$(nm -g --defined-only $(OUT)/sevpeb.o | grep -c ' T sevpeb_') sevpeb_* functions"
+
+$(OUT)/sevpeb.pc: Makefile
+	@mkdir -p $(OUT)
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
+	  'Name: sevpeb' 'Description: SEV page-encryption bitmap tracker and migration section (Embedded Swift, C ABI)' \
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lsevpeb -lpthread' > $@
+
+install: $(OUT)/libsevpeb.a
+	@rm -f $(OUT)/sevpeb.pc && $(MAKE) --no-print-directory $(OUT)/sevpeb.pc PREFIX=$(PREFIX)
+	install -d $(PREFIX)/include $(PREFIX)/lib/pkgconfig
+	install -m 644 include/sevpeb.h $(PREFIX)/include/sevpeb.h
+	install -m 644 $(OUT)/libsevpeb.a $(PREFIX)/lib/libsevpeb.a
+	install -m 644 $(OUT)/sevpeb.pc $(PREFIX)/lib/pkgconfig/sevpeb.pc
+
+CTEST_FLAGS := -std=gnu11 -O1 -g -Wall -Wextra -Werror -pthread
+check: install
+	@mkdir -p $(OUT)
+	$(CC) $(CTEST_FLAGS) Tests/c/ctest.c -o $(OUT)/ctest $$(PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig pkg-config --cflags --libs sevpeb)
+	$(OUT)/ctest
+	$(CC) $(CTEST_FLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all Tests/c/ctest.c -o $(OUT)/ctest-asan \
+	  $$(PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig pkg-config --cflags --libs sevpeb)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(OUT)/ctest-asan
+
+clean:
+	rm -rf $(OUT) $(EMB)
+
+.PHONY: all install check clean
