@@ -12,7 +12,8 @@ import CSevPEBShims
 /// - `shared` bits are only set where `mixed` is clear;
 /// - bits for chunks past the slot's last chunk are clear in every mask;
 /// - block bits at or above the chunk's length are zero (padding);
-/// - `blocks` is nil when `mixed == 0`.
+/// - `blocks` holds popcount(mixed) blocks in chunk order, and is nil when
+///   `mixed == 0`.
 enum Geometry {
     static let chunkShift = 14
     static let chunkPages = 1 << chunkShift            // 16384 pages
@@ -42,9 +43,13 @@ struct Group {
     var mixed: UInt64 = 0    // chunks with a block
     var dirty: UInt64 = 0    // changed since last taken by the encoder
     var hashOK: UInt64 = 0   // mixed chunks whose cached hash (block word 256) is current
+    /// Blocks of the mixed chunks, in chunk order: the block of chunk c is
+    /// at index popcount(mixed & (1 << c) - 1) ("rank"). Compact, so a group
+    /// with one mixed chunk costs one pointer, not 64.
     var blocks: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>?>? = nil
     var hash: UInt64 = 0     // cached group hash, valid iff hashValid
     var hashValid = false
+    var blockCap: UInt8 = 0  // capacity of `blocks`
 }
 
 /// One memory slot: [base, base + pages).

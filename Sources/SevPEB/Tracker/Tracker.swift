@@ -151,8 +151,24 @@ public final class Tracker {
         return g.pointee.shared & m == 0
     }
 
+    /// Index of chunk `bit`'s block in the group's compact block array.
+    @inline(__always) func rank(_ mixed: UInt64, _ bit: UInt64) -> Int {
+        (mixed & ((1 &<< bit) &- 1)).nonzeroBitCount
+    }
+
     @inline(__always) func block(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) -> UnsafeMutablePointer<UInt64> {
-        g.pointee.blocks![Int(bit)]!
+        g.pointee.blocks![rank(g.pointee.mixed, bit)]!
+    }
+
+    /// Free every block of a group and its array (state handled by the caller).
+    func freeGroupBlocks(_ g: UnsafeMutablePointer<Group>) {
+        let n = g.pointee.mixed.nonzeroBitCount
+        for i in 0..<n {
+            Mem.free(g.pointee.blocks![i])
+            memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
+        }
+        g.pointee.mixed = 0
+        freeBlockArray(g)
     }
 
     /// Record that chunk `bit` of group `g` changed.
@@ -173,10 +189,18 @@ public final class Tracker {
         let g = group(s, c)
         let bit = c & 63
         guard let value = uniformValue(g, bit) else { return true }
-        if g.pointee.blocks == nil {
-            guard let arr = Mem.calloc(Geometry.chunksPerGroup, UnsafeMutablePointer<UInt64>?.self) else { return false }
+        let count = g.pointee.mixed.nonzeroBitCount
+        if count &+ 1 > Int(g.pointee.blockCap) {
+            // Grow the compact array: by one while small, then by half.
+            let newCap = count < 8 ? count &+ 1 : min(Geometry.chunksPerGroup, count &+ count / 2)
+            guard let arr = Mem.calloc(newCap, UnsafeMutablePointer<UInt64>?.self) else { return false }
+            if let old = g.pointee.blocks {
+                arr.update(from: old, count: count)
+                Mem.free(old)
+            }
+            memBytes &+= Mem.bytes(newCap &- Int(g.pointee.blockCap), UnsafeMutablePointer<UInt64>?.self)
             g.pointee.blocks = arr
-            memBytes &+= Mem.bytes(Geometry.chunksPerGroup, UnsafeMutablePointer<UInt64>?.self)
+            g.pointee.blockCap = UInt8(newCap)
         }
         guard let blk = Mem.calloc(Geometry.blockWords, UInt64.self) else {
             if g.pointee.mixed == 0 { freeBlockArray(g) }
@@ -185,7 +209,11 @@ public final class Tracker {
         memBytes &+= Mem.bytes(Geometry.blockWords, UInt64.self)
         let len = Geometry.chunkLen(c, slots![s].pages)
         if value { Bits.fill(blk, from: 0, to: len, value: true) }
-        g.pointee.blocks![Int(bit)] = blk
+        let r = rank(g.pointee.mixed, bit)
+        let arr = g.pointee.blocks!
+        var i = count
+        while i > r { arr[i] = arr[i &- 1]; i &-= 1 }
+        arr[r] = blk
         g.pointee.mixed |= 1 &<< bit
         g.pointee.shared &= ~(1 &<< bit)
         g.pointee.hashOK &= ~(1 &<< bit)
@@ -195,8 +223,9 @@ public final class Tracker {
     func freeBlockArray(_ g: UnsafeMutablePointer<Group>) {
         if let arr = g.pointee.blocks {
             Mem.free(arr)
-            memBytes &-= Mem.bytes(Geometry.chunksPerGroup, UnsafeMutablePointer<UInt64>?.self)
+            memBytes &-= Mem.bytes(Int(g.pointee.blockCap), UnsafeMutablePointer<UInt64>?.self)
             g.pointee.blocks = nil
+            g.pointee.blockCap = 0
         }
     }
 
@@ -204,9 +233,14 @@ public final class Tracker {
     func setUniform(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64, _ value: Bool) {
         let m: UInt64 = 1 &<< bit
         if g.pointee.mixed & m != 0 {
-            Mem.free(g.pointee.blocks![Int(bit)])
+            let count = g.pointee.mixed.nonzeroBitCount
+            let r = rank(g.pointee.mixed, bit)
+            let arr = g.pointee.blocks!
+            Mem.free(arr[r])
             memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
-            g.pointee.blocks![Int(bit)] = nil
+            var i = r
+            while i &+ 1 < count { arr[i] = arr[i &+ 1]; i &+= 1 }
+            arr[count &- 1] = nil
             g.pointee.mixed &= ~m
             if g.pointee.mixed == 0 { freeBlockArray(g) }
         }
@@ -624,14 +658,7 @@ public final class Tracker {
     func freeSlotStorage(_ sl: SlotRec) {
         for gi in 0..<sl.groupCount {
             let g = sl.groups + gi
-            var mx = g.pointee.mixed
-            while mx != 0 {
-                let bit = Int(mx.trailingZeroBitCount)
-                mx &= mx &- 1
-                Mem.free(g.pointee.blocks![bit])
-                memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
-            }
-            if g.pointee.blocks != nil { freeBlockArray(g) }
+            freeGroupBlocks(g)
             dirtyChunks.wrappingAdd(-g.pointee.dirty.nonzeroBitCount, ordering: .relaxed)
         }
         Mem.free(sl.groups)
@@ -684,12 +711,7 @@ public final class Tracker {
                 if ng < old.groupCount {
                     for gi in ng..<old.groupCount {
                         let g = old.groups + gi
-                        var mx = g.pointee.mixed
-                        while mx != 0 {
-                            let bit = Int(mx.trailingZeroBitCount); mx &= mx &- 1
-                            Mem.free(g.pointee.blocks![bit]); memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
-                        }
-                        freeBlockArray(g)
+                        freeGroupBlocks(g)
                         dirtyChunks.wrappingAdd(-g.pointee.dirty.nonzeroBitCount, ordering: .relaxed)
                     }
                 }
@@ -705,11 +727,12 @@ public final class Tracker {
                 // Drop chunks past the new end within the last group.
                 let lastG = group(i, newChunks &- 1)
                 let live = newChunks & 63 == 0 ? ~UInt64(0) : ((1 &<< (newChunks & 63)) &- 1)
-                var gone = lastG.pointee.mixed & ~live
-                while gone != 0 {
-                    let bit = Int(gone.trailingZeroBitCount); gone &= gone &- 1
-                    Mem.free(lastG.pointee.blocks![bit]); memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
-                    lastG.pointee.blocks![bit] = nil
+                // Their blocks are the highest ranks of the compact array.
+                let keep = (lastG.pointee.mixed & live).nonzeroBitCount
+                let had = lastG.pointee.mixed.nonzeroBitCount
+                for r in keep..<had {
+                    Mem.free(lastG.pointee.blocks![r]); memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
+                    lastG.pointee.blocks![r] = nil
                 }
                 dirtyChunks.wrappingAdd(-(lastG.pointee.dirty & ~live).nonzeroBitCount, ordering: .relaxed)
                 lastG.pointee.mixed &= live; lastG.pointee.shared &= live

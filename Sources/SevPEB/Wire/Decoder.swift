@@ -140,8 +140,12 @@ public final class LoadSession {
             }
             prevEnd = end
             let s = Tracker.Slot(base: base, pages: pages)
-            if !mine.contains(s) {
-                throw SevError(EREMCHG, "LAYOUT slot \(i) gfn \(hex(base)) + \(pages) pages does not match any destination slot (\(describe(mine)))")
+            // Mid-migration the source's layout may be a transient one (a slot
+            // not yet grown, a DIMM not yet plugged): each declared slot must
+            // fit inside a destination slot, which also bounds the staging
+            // memory. FINAL requires the layouts to be equal.
+            if !mine.contains(where: { $0.base <= base && end <= $0.base &+ $0.pages }) {
+                throw SevError(EREMCHG, "LAYOUT slot \(i) gfn \(hex(base)) + \(pages) pages does not fit in any destination slot (\(describe(mine)))")
             }
             declared.append(s)
         }

@@ -1,0 +1,229 @@
+import CSevPEBShims
+import Testing
+@testable import SevPEB
+
+@Suite struct TrackerTests {
+    @Test func defaultsPrivateAndLayoutErrors() throws {
+        let t = try Tracker.create()
+        #expect(errno { () throws(SevError) in try t.addSlot(base: 0, pages: 0) } == EINVAL)
+        #expect(errno { () throws(SevError) in try t.addSlot(base: Tracker.gfnLimit - 1, pages: 2) } == ERANGE)
+        try t.addSlot(base: 0, pages: 0x80000)
+        try t.addSlot(base: 0x100000, pages: 0x1000)
+        #expect(errno { () throws(SevError) in try t.addSlot(base: 0x7ffff, pages: 2) } == EEXIST)
+        #expect(try t.test(0x7ffff) == true)
+        #expect(errno { () throws(SevError) in _ = try t.test(0x80000) } == ERANGE)
+        #expect(errno { () throws(SevError) in try t.setRange(0x7fff0, 0x20, private: false) } == ERANGE)
+        #expect(t.totals().shared == 0)   // the failed range changed nothing
+        #expect(errno { () throws(SevError) in try t.removeSlot(base: 5) } == ENOENT)
+        #expect(errno { () throws(SevError) in try t.resizeSlot(base: 0, pages: 0x100001) } == EEXIST)
+    }
+
+    @Test func rangesAcrossTouchingSlots() throws {
+        let t = try Tracker.create()
+        try t.addSlot(base: 0, pages: 100)
+        try t.addSlot(base: 100, pages: 100)   // touches: one range may span both
+        try t.setRange(90, 20, private: false)
+        #expect(try t.countShared(0, 200) == 20)
+        #expect(t.allRuns.map { [$0.0, $0.1] } == [[90, 20]])
+    }
+
+    @Test func highGFNsBeyond32Bits() throws {
+        let t = try Tracker.create()
+        let base: UInt64 = (1 << 52) - (1 << 21)   // ends exactly at the 2^52 limit
+        try t.addSlot(base: base, pages: 1 << 21)
+        try t.setRange(base + (1 << 20) + 3, 5, private: false)
+        #expect(try t.test(base + (1 << 20) + 4) == false)
+        #expect(t.allRuns.map { [$0.0, $0.1] } == [[base + (1 << 20) + 3, 5]])
+        try t.mapGPARange(gpa: (base + 10) << 12, npages: 1, attrs: 0)
+        #expect(try t.countShared(base, 1 << 21) == 6)
+    }
+
+    @Test func lazyMemoryForTheTypical1TiBGuest() throws {
+        let t = try Tracker.create()
+        let gib: UInt64 = 1 << 18   // pages per GiB
+        try t.addSlot(base: 0, pages: 2 * gib)
+        try t.addSlot(base: 4 * gib, pages: 1024 * gib - 2 * gib + 2 * gib)
+        // 1 GiB bounce buffer, not chunk aligned
+        try t.setRange(gib - 1234, gib, private: false)
+        // 64 per-vCPU pages through one 64 MiB region
+        for i in 0..<64 { try t.setRange(4 * gib + 0x5000 + UInt64(i) * 256, 1, private: false) }
+        // 16 scattered single pages
+        var rng = SeededRNG(seed: 16)
+        for _ in 0..<16 { try t.setRange(4 * gib + rng.next() % (1022 * gib), 1, private: false) }
+        let mem = t.memoryBytes
+        #expect(mem <= 64 * 1024, "tracker memory \(mem) bytes")
+        print("typical 1 TiB guest: tracker memory \(mem) bytes")
+    }
+
+    @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8])
+    func randomOpsAgainstTheModel(seed: UInt64) throws {
+        var rng = SeededRNG(seed: seed)
+        let t = try Tracker.create()
+        var m = Model()
+        var trace: [String] = []
+        for step in 0..<400 {
+            let op = rng.next() % 100
+            let anyBase = rng.next() % 3 == 0 ? (rng.next() % 8) * 40000 : (rng.next() % 300000)
+            switch op {
+            case 0..<8:   // add
+                let pages = Int(1 + rng.next() % 70000)
+                let ok = m.add(anyBase, pages)
+                let e = errno { () throws(SevError) in try t.addSlot(base: anyBase, pages: UInt64(pages)) }
+                trace.append("\(step): add \(anyBase)+\(pages) -> \(e)")
+                #expect((e == 0) == ok, "\(trace.suffix(5))")
+            case 8..<12:  // remove
+                if let s = m.slots.randomElement(using: &rng) {
+                    m.slots.removeAll { $0.base == s.base }
+                    try t.removeSlot(base: s.base)
+                    trace.append("\(step): remove \(s.base)")
+                }
+            case 12..<18: // resize
+                if let s = m.slots.randomElement(using: &rng) {
+                    let pages = Int(1 + rng.next() % 70000)
+                    let ok = m.resize(s.base, pages)
+                    let e = errno { () throws(SevError) in try t.resizeSlot(base: s.base, pages: UInt64(pages)) }
+                    trace.append("\(step): resize \(s.base) to \(pages) -> \(e)")
+                    #expect((e == 0) == ok, "\(trace.suffix(5))")
+                }
+            case 18..<20:
+                t.reset()
+                for i in m.slots.indices { m.slots[i].bits = Array(repeating: true, count: m.slots[i].bits.count) }
+            default:
+                guard let s = m.slots.randomElement(using: &rng) else { continue }
+                let off = UInt64(rng.next() % UInt64(s.bits.count))
+                let n = rng.next() % 4 == 0 ? 1 + rng.next() % 40000 : 1 + rng.next() % 200
+                let gfn = s.base + off
+                let valid = m.covers(gfn, n)
+                if op < 70 {
+                    let v = rng.next() & 1 == 1
+                    let e = errno { () throws(SevError) in try t.setRange(gfn, n, private: v) }
+                    #expect((e == 0) == valid)
+                    if valid { for k in 0..<n { m.set(gfn + k, v) } }
+                } else if op < 80 {
+                    var bytes = [UInt8](repeating: 0, count: Int((n + 7) / 8))
+                    for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: rng.next()) }
+                    let e = errno { () throws(SevError) in
+                        try bytes.withUnsafeBufferPointer { (b) throws(SevError) in _ = try t.setBitmap(gfn, n, b.baseAddress!, b.count) }
+                    }
+                    #expect((e == 0) == valid)
+                    if valid { for k in 0..<n { m.set(gfn + k, bytes[Int(k / 8)] >> (k % 8) & 1 == 1) } }
+                } else if op < 88 {
+                    let attrs: UInt64 = (rng.next() & 1) << 4 | (rng.next() % 4 == 0 ? rng.next() % 4 : 0)
+                    let (ret, _) = t.mapGPARangeRet(gpa: gfn << 12, npages: n, attrs: attrs)
+                    let ok = valid && attrs & 0xf <= 2
+                    #expect((ret == 0) == ok)
+                    if ok { for k in 0..<n { m.set(gfn + k, attrs & 0x10 != 0) } }
+                } else {
+                    // GET with any start, checked bit by bit; the last byte's high bits are kept
+                    var out = [UInt8](repeating: 0xA5, count: Int((n + 7) / 8))
+                    let e = errno { () throws(SevError) in
+                        try out.withUnsafeMutableBufferPointer { (b) throws(SevError) in try t.getBitmap(gfn, n, b.baseAddress!, b.count) }
+                    }
+                    #expect((e == 0) == valid)
+                    if valid {
+                        for k in 0..<n { #expect((out[Int(k / 8)] >> (k % 8) & 1 == 1) == m.get(gfn + k)!) }
+                        if n % 8 != 0 { #expect(out[out.count - 1] >> (n % 8) == 0xA5 >> (n % 8)) }
+                    }
+                }
+            }
+            if step % 50 == 49 || step == 399 {
+                // Whole-state comparison through the public queries.
+                #expect(t.slotList.map { [$0.base, $0.pages] } == m.slots.map { [$0.base, UInt64($0.bits.count)] })
+                #expect(t.totals().shared == m.totalShared, "\(trace.suffix(8))")
+                let runs = t.allRuns, want = m.sharedRuns
+                #expect(runs.count == want.count && zip(runs, want).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 },
+                        "runs differ after \(trace.suffix(8))")
+            }
+        }
+        #if SEVPEB_INTERNAL_CHECKS
+        t.checkInvariants()
+        #endif
+    }
+
+    @Test func hypercallStrictDecoding() throws {
+        let t = try Tracker.create()
+        try t.addSlot(base: 0, pages: 1 << 20)
+        func ret(_ gpa: UInt64, _ n: UInt64, _ a: UInt64) -> Int64 { t.mapGPARangeRet(gpa: gpa, npages: n, attrs: a).ret }
+        #expect(ret(0x1000, 1, 0) == 0)
+        #expect(ret(0x1800, 1, 0) == -22)                   // not 4 KiB aligned
+        #expect(ret(0x1000, 0, 0) == -22)                   // npages 0
+        #expect(ret(0x1000, 1, 1 << 5) == -22)              // reserved bit 5
+        #expect(ret(0x1000, 1, 1 << 63) == -22)             // reserved bit 63
+        #expect(ret(0x1000, 1, 3) == -22)                   // page size 3
+        #expect(ret(0x1000, 1, 0xf) == -22)                 // page size 15
+        #expect(ret(0x1000, 1, 1) == 0 && ret(0x1000, 1, 2) == 0)   // 2M / 1G hints on a 4K range: accepted
+        #expect(ret(~UInt64(0xfff), 2, 0x10) == -22)         // overflow
+        #expect(ret(UInt64(1 << 20) << 12, 1, 0x10) == -22)  // past RAM
+        #expect(ret(UInt64((1 << 20) - 1) << 12, 2, 0x10) == -22)  // straddles the end
+        let before = t.totals().shared
+        #expect(before == 1)
+        let (r, e) = t.mapGPARangeRet(gpa: 0x1001, npages: 1, attrs: 0)
+        #expect(r == -22 && e!.message.contains("0x1001"))
+        #expect(t.totals().shared == before)
+        #expect(ret(0x1000, 1, 0x10) == 0 && t.totals().shared == 0)
+    }
+
+    @Test func changeCallbackSeesEveryChange() throws {
+        let t = try Tracker.create()
+        try t.addSlot(base: 0, pages: 1 << 16)
+        final class Box { var calls: [(UInt64, UInt64, Int32)] = [] }
+        let box = Box()
+        let cb: ChangeCallback = { op, g, n, s in
+            Unmanaged<Box>.fromOpaque(op!).takeUnretainedValue().calls.append((g, n, s))
+        }
+        t.setCallback(cb, Unmanaged.passUnretained(box).toOpaque())
+        try t.setRange(10, 5, private: false)
+        try t.setRange(10, 5, private: false)     // no change: no call
+        try t.mapGPARange(gpa: 0x20000, npages: 2, attrs: 0)
+        t.reset()
+        #expect(box.calls.map { [$0.0, $0.1, UInt64(bitPattern: Int64($0.2))] } == [[10, 5, 0], [0x20, 2, 0], [0, 1 << 16, 1]])
+        t.setCallback(nil, nil)
+    }
+
+    @Test func resizeKeepsSurvivingStateAndNewPagesArePrivate() throws {
+        let t = try Tracker.create()
+        try t.addSlot(base: 0, pages: 40000)
+        try t.setRange(0, 40000, private: false)
+        try t.resizeSlot(base: 0, pages: 20001)           // shrink inside a chunk
+        #expect(try t.countShared(0, 20001) == 20001)
+        try t.resizeSlot(base: 0, pages: 70000)           // grow: new pages private
+        #expect(try t.countShared(0, 70000) == 20001)
+        #expect(try t.test(20001) == true)
+    }
+
+    @Test func digestIsCachedAndExact() throws {
+        let a = try Tracker.create(), b = try Tracker.create()
+        for t in [a, b] { try t.addSlot(base: 0, pages: 1 << 22); try t.addSlot(base: 1 << 23, pages: 12345) }
+        #expect(a.digest() == b.digest())
+        try a.setRange(77, 1, private: false)
+        #expect(a.digest() != b.digest())
+        try b.setBitmap(77, 1, [0], 1)
+        #expect(a.digest() == b.digest())
+        // Uniform chunk and a block holding the same bits hash the same.
+        try a.setRange(100, 5, private: false); try a.setRange(100, 5, private: true)
+        #expect(a.digest() == b.digest())
+    }
+
+    @Test func xxh64KnownAnswers() {
+        // Values from the reference implementation (python-xxhash 3.x).
+        func h(_ b: [UInt8], _ seed: UInt64 = 0) -> UInt64 {
+            b.withUnsafeBytes { XXH64.hash(bytes: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, count: b.count, seed: seed) }
+        }
+        #expect(h([]) == 0xef46db3751d8e999)
+        #expect(h(Array("a".utf8)) == 0xd24ec4f1a98c6e5b)
+        #expect(h(Array("abc".utf8)) == 0x44bc2cf5ad770999)
+        #expect(h((0..<768).map { UInt8($0 % 256) }) == 0x8e03c838c596036f)
+        #expect(h((0..<37).map { UInt8($0) }, 7) == 0x69e0c889396afaf7)
+        let words: [UInt64] = [1, 2, 3, 4]
+        #expect(words.withUnsafeBufferPointer { XXH64.hash(words: $0.baseAddress!, count: 4) } == 0x73f859a04f669e6d)
+        // Streaming in odd pieces equals one shot.
+        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        var x = XXH64()
+        data.withUnsafeBytes { p in
+            var i = 0
+            for step in [1, 3, 31, 33, 7, 64, 2] { x.update(p.baseAddress! + i, step); i += step }
+            x.update(p.baseAddress! + i, data.count - i)
+        }
+        #expect(x.finish() == h(data))
+    }
+}
