@@ -20,6 +20,14 @@ public final class LoadSession {
     /// Checksum of the current payload's bytes so far.
     var check = XXH64()
     let scratch: UnsafeMutablePointer<UInt8>
+    /// Called after each record is read and checked (tools: `sevpeb dump`).
+    /// Arguments: payload index, record offset in the payload, the record,
+    /// and three fields whose meaning depends on the record:
+    /// HEADER (version, page_shift, flags), LAYOUT (nslots, 0, 0),
+    /// CONTROL (value, 0, 0), FILL (gfn, npages, state), BITS (gfn, npages,
+    /// 0), RUNS (gfn, npages, nruns), FINAL (digest, pages, shared),
+    /// END_OF_PAYLOAD (checksum, payload bytes, 0).
+    public var observer: ((Int, Int, Wire.Record, UInt64, UInt64, UInt64) -> Void)? = nil
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
@@ -71,6 +79,7 @@ public final class LoadSession {
                         throw SevError(EILSEQ, "END_OF_PAYLOAD at offset \(at): payload checksum \(hex(UInt64(got))) read, \(hex(UInt64(want))) computed over the \(at &+ 1) payload bytes")
                     }
                     bytes &+= UInt64(offset)
+                    emit(at, .end, UInt64(got), UInt64(offset), 0)
                     if committed {
                         // FINAL checked and this payload's checksum too: commit.
                         try live.adopt(staging!)
@@ -86,6 +95,7 @@ public final class LoadSession {
                         throw SevError(EBADMSG, "CONTROL at offset \(at): value \(hex(v)) has reserved bits set")
                     }
                     control = v; controlSeen = true
+                    emit(at, .control, v, 0, 0)
                 case .fill, .bits, .runs:
                     guard let st = staging, sawLayout else {
                         throw SevError(EBADMSG, "record \(r.name) at offset \(at) before LAYOUT")
@@ -106,6 +116,10 @@ public final class LoadSession {
 
     public func cleanup() { staging = nil }
 
+    @inline(__always) func emit(_ at: Int, _ r: Wire.Record, _ a: UInt64, _ b: UInt64, _ c: UInt64) {
+        if let o = observer { o(payloads &- 1, at, r, a, b, c) }
+    }
+
     // MARK: records
 
     func readHeader<R: ByteSource>(_ src: inout R, _ at: Int) throws(SevError) {
@@ -120,6 +134,7 @@ public final class LoadSession {
         let fl = try u8(&src)
         if fl != 0 { throw SevError(EBADMSG, "HEADER flags \(hex(UInt64(fl))): reserved, must be 0") }
         sawHeader = true
+        emit(at, .header, UInt64(v), UInt64(ps), UInt64(fl))
     }
 
     func readLayout<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
@@ -152,6 +167,7 @@ public final class LoadSession {
         if staging == nil { staging = try Tracker.create() }
         try staging!.applyLayout(declared)
         sawLayout = true
+        emit(at, .layout, UInt64(n), 0, 0)
     }
 
     func describe(_ slots: [Tracker.Slot]) -> String {
@@ -181,6 +197,7 @@ public final class LoadSession {
             if v > 1 { throw SevError(EBADMSG, "FILL at offset \(at): state \(v) (expected 0 shared or 1 private)") }
             try checkOrder("FILL", at, gfn, n)
             try wrapRange(at, "FILL") { () throws(SevError) in try st.setRange(gfn, n, private: v == 1) }
+            emit(at, .fill, gfn, n, UInt64(v))
         case .bits:
             let n = try be32(&src)
             if n == 0 || n > Wire.maxRecordPages {
@@ -194,6 +211,7 @@ public final class LoadSession {
                 throw SevError(EBADMSG, "BITS at offset \(at): padding bits above npages \(n) not zero (last byte \(hex(UInt64(scratch[nb &- 1]))))")
             }
             try wrapRange(at, "BITS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+            emit(at, .bits, gfn, UInt64(n), 0)
         case .runs:
             let n = try be32(&src)
             if n == 0 || n > Wire.maxRecordPages {
@@ -223,6 +241,7 @@ public final class LoadSession {
             // explicitly so big-endian hosts agree.
             for i in 0..<nw { words[i] = words[i].littleEndian }
             try wrapRange(at, "RUNS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+            emit(at, .runs, gfn, UInt64(n), UInt64(nr))
         default: break
         }
     }
@@ -242,6 +261,7 @@ public final class LoadSession {
             throw SevError(EILSEQ, "FINAL at offset \(at): source counts \(pages) pages / \(shared) shared, received state has \(myPages) / \(myShared)")
         }
         let d = st.digest()
+        emit(at, .final, digest, pages, shared)
         if d != digest {
             throw SevError(EILSEQ, "FINAL at offset \(at): digest \(hex(digest)) from the source, \(hex(d)) over the received state")
         }
