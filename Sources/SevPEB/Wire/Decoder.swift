@@ -28,6 +28,10 @@ public final class LoadSession {
     /// 0), RUNS (gfn, npages, nruns), FINAL (digest, pages, shared),
     /// END_OF_PAYLOAD (checksum, payload bytes, 0).
     public var observer: ((Int, Int, Wire.Record, UInt64, UInt64, UInt64) -> Void)? = nil
+    /// Tools only (`sevpeb decode`): take the layout from the stream instead
+    /// of checking it against the live tracker's; the live tracker's layout
+    /// is replaced at commit. A VMM never sets this.
+    public var layoutFromStream = false
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
@@ -159,7 +163,7 @@ public final class LoadSession {
             // not yet grown, a DIMM not yet plugged): each declared slot must
             // fit inside a destination slot, which also bounds the staging
             // memory. FINAL requires the layouts to be equal.
-            if !mine.contains(where: { $0.base <= base && end <= $0.base &+ $0.pages }) {
+            if !layoutFromStream && !mine.contains(where: { $0.base <= base && end <= $0.base &+ $0.pages }) {
                 throw SevError(EREMCHG, "LAYOUT slot \(i) gfn \(hex(base)) + \(pages) pages does not fit in any destination slot (\(describe(mine)))")
             }
             declared.append(s)
@@ -266,6 +270,7 @@ public final class LoadSession {
             throw SevError(EILSEQ, "FINAL at offset \(at): digest \(hex(digest)) from the source, \(hex(d)) over the received state")
         }
         // The layout must equal the destination's; committed at END_OF_PAYLOAD.
+        if layoutFromStream { try live.applyLayout(st.slotList) }
         if live.slotList != st.slotList {
             throw SevError(EREMCHG, "FINAL at offset \(at): received layout (\(st.slotList.count) slots) differs from the destination's (\(describe(live.slotList)))")
         }
