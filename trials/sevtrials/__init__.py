@@ -1,0 +1,1 @@
+"""sevpeb cross-host migration trials (see docs/TRIALS.md)."""

@@ -1,0 +1,201 @@
+"""Two "hosts" (network namespaces joined by a veth pair) and QEMU processes in them."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+from .qmp import QMP, QMPError
+from .util import log, run, wait_until
+
+PEB_ID = "peb0"
+PEB_PATH = f"/objects/{PEB_ID}"
+
+
+class Hosts:
+    """Namespaces A and B, veth between them, 10.99.0.1/30 (A) and 10.99.0.2/30 (B)."""
+
+    def __init__(self, tag=None, net="10.99.0"):
+        tag = tag or str(os.getpid())
+        self.ns = {"A": f"sevpeb-a-{tag}", "B": f"sevpeb-b-{tag}"}
+        self.ip = {"A": f"{net}.1", "B": f"{net}.2"}
+        self.veth = {"A": f"spa{tag}"[:15], "B": f"spb{tag}"[:15]}
+        self.up = False
+
+    def create(self):
+        self.delete(quiet=True)
+        for h in "AB":
+            run(["ip", "netns", "add", self.ns[h]])
+        self.up = True
+        run(["ip", "link", "add", self.veth["A"], "type", "veth", "peer", "name", self.veth["B"]])
+        for h in "AB":
+            ns, dev = self.ns[h], self.veth[h]
+            run(["ip", "link", "set", dev, "netns", ns])
+            run(["ip", "-n", ns, "addr", "add", f"{self.ip[h]}/30", "dev", dev])
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # reachability, bounded
+        r = run(["ip", "netns", "exec", self.ns["A"], "ping", "-c1", "-W2", self.ip["B"]],
+                check=False, capture=True)
+        if r.returncode != 0:
+            # ping may not be installed; the first migration will tell
+            log(f"note: ping {self.ip['B']} from {self.ns['A']}: rc {r.returncode}")
+        log(f"hosts: {self.ns['A']} {self.ip['A']} <-veth-> {self.ns['B']} {self.ip['B']}")
+
+    def delete(self, quiet=False):
+        for h in "AB":
+            r = run(["ip", "netns", "del", self.ns[h]], check=False, capture=True)
+            if r.returncode == 0 and not quiet:
+                log(f"deleted netns {self.ns[h]}")
+        self.up = False
+
+    def other(self, h):
+        return "B" if h == "A" else "A"
+
+
+class VM:
+    """One QEMU process (TCG, q35) in a namespace, with two QMP sockets (control + churn)."""
+
+    def __init__(self, name, *, qemu, fw_dirs, guest, workdir, ns=None, host=None,
+                 sevpeb=True, incoming=False, mem_mb=256, extra=(), dirty_mb=8):
+        self.name, self.qemu, self.ns, self.host = name, qemu, ns, host
+        self.sevpeb, self.incoming = sevpeb, incoming
+        self.dir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.serial = os.path.join(workdir, f"{name}.serial")
+        self.stderr_path = os.path.join(workdir, f"{name}.stderr")
+        self.qmp_path = os.path.join(workdir, f"{name}.qmp")
+        self.churn_path = os.path.join(workdir, f"{name}.churn.qmp")
+        for p in (self.serial, self.qmp_path, self.churn_path):
+            if os.path.exists(p):
+                os.unlink(p)
+        args = [qemu, "-name", name, "-M", "q35", "-accel", "tcg", "-smp", "1",
+                "-m", f"{mem_mb}M,slots=2,maxmem={mem_mb * 4}M",
+                "-nodefaults", "-display", "none", "-no-user-config"]
+        for d in fw_dirs:
+            args += ["-L", d]
+        args += ["-kernel", guest["kernel"], "-initrd", guest["initrd"],
+                 "-append", f"console=ttyS0 panic=-1 quiet dirty_mb={dirty_mb}",
+                 "-serial", f"file:{self.serial}",
+                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                 "-qmp", f"unix:{self.churn_path},server=on,wait=off"]
+        if sevpeb:
+            args += ["-object", f"sev-page-enc-bitmap,id={PEB_ID}"]
+        args += list(extra)
+        if incoming:
+            args += ["-incoming", "defer"]
+        if ns:
+            args = ["ip", "netns", "exec", ns] + args
+        self.args = args
+        self.err = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.err,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        self.t_start = time.monotonic()
+        try:
+            self.qmp = QMP(self.qmp_path, timeout=60)
+        except Exception:
+            self.kill()
+            raise RuntimeError(f"{name}: QEMU did not start: {self.stderr_tail()}")
+
+    # -- process ---------------------------------------------------------
+    def alive(self):
+        return self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        """Kill this QEMU by its PID (never by name)."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        try:
+            self.qmp.close()
+        except Exception:
+            pass
+        self.err.close()
+
+    def quit(self):
+        if self.proc.poll() is None:
+            try:
+                self.qmp.cmd("quit")
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stderr_text(self):
+        try:
+            return open(self.stderr_path, errors="replace").read()
+        except OSError:
+            return ""
+
+    def stderr_tail(self, n=6):
+        return " | ".join(l for l in self.stderr_text().strip().splitlines()[-n:])
+
+    # -- guest -----------------------------------------------------------
+    def serial_text(self):
+        try:
+            return open(self.serial, errors="replace").read()
+        except OSError:
+            return ""
+
+    def ticks(self):
+        return [int(m) for m in re.findall(r"^tick (\d+)", self.serial_text(), re.M)]
+
+    def last_tick(self):
+        t = self.ticks()
+        return t[-1] if t else None
+
+    def wait_tick(self, n, timeout=90):
+        """Wait until the guest printed 'tick n' (or a later one) since this process started."""
+        return wait_until(lambda: (self.last_tick() or 0) >= n or (not self.alive() and
+                                                                  _raise(f"{self.name} exited: {self.stderr_tail()}")),
+                          timeout, 0.2, f"{self.name}: tick {n}")
+
+    def status(self):
+        return self.qmp.cmd("query-status")["status"]
+
+    # -- sevpeb ----------------------------------------------------------
+    def peb_query(self, max_ranges=1 << 20):
+        return self.qmp.cmd("x-query-sev-page-enc-bitmap", **{"max-ranges": max_ranges})
+
+    def peb_save(self):
+        return self.qmp.cmd("x-query-sev-page-enc-bitmap", **{"max-ranges": 1})
+
+    def peb_set_prop(self, prop, value):
+        return self.qmp.cmd("qom-set", path=PEB_PATH, property=prop, value=value)
+
+    def peb_get_prop(self, prop):
+        return self.qmp.cmd("qom-get", path=PEB_PATH, property=prop)
+
+
+def _raise(msg):
+    raise RuntimeError(msg)
+
+
+def qemu_has_sevpeb(qemu):
+    try:
+        r = subprocess.run([qemu, "-object", "help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "sev-page-enc-bitmap" in r.stdout
+
+
+def qemu_version(qemu):
+    r = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30)
+    return r.stdout.splitlines()[0] if r.stdout else "?"
