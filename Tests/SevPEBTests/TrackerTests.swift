@@ -40,16 +40,7 @@ import Testing
 
     @Test func lazyMemoryForTheTypical1TiBGuest() throws {
         let t = try Tracker.create()
-        let gib: UInt64 = 1 << 18   // pages per GiB
-        try t.addSlot(base: 0, pages: 2 * gib)
-        try t.addSlot(base: 4 * gib, pages: 1024 * gib - 2 * gib + 2 * gib)
-        // 1 GiB bounce buffer, not chunk aligned
-        try t.setRange(gib - 1234, gib, private: false)
-        // 64 per-vCPU pages through one 64 MiB region
-        for i in 0..<64 { try t.setRange(4 * gib + 0x5000 + UInt64(i) * 256, 1, private: false) }
-        // 16 scattered single pages
-        var rng = SeededRNG(seed: 16)
-        for _ in 0..<16 { try t.setRange(4 * gib + rng.next() % (1022 * gib), 1, private: false) }
+        try typicalGuest(t)
         let mem = t.memoryBytes
         #expect(mem <= 64 * 1024, "tracker memory \(mem) bytes")
         print("typical 1 TiB guest: tracker memory \(mem) bytes")

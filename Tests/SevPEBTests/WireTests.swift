@@ -8,11 +8,14 @@ import Testing
 func typicalGuest(_ t: Tracker) throws(SevError) {
     let gib: UInt64 = 1 << 18
     try t.addSlot(base: 0, pages: 2 * gib)
-    try t.addSlot(base: 4 * gib, pages: 1024 * gib)
-    try t.setRange(gib - 1234, gib, private: false)
+    try t.addSlot(base: 4 * gib, pages: 1022 * gib)          // [4 GiB, 1 TiB + 2 GiB)
+    try t.setRange(gib - 1234, gib, private: false)            // bounce buffer, not chunk aligned
     for i in 0..<64 { try t.setRange(4 * gib + 0x5000 + UInt64(i) * 256, 1, private: false) }
     var rng = SeededRNG(seed: 16)
-    for _ in 0..<16 { try t.setRange(4 * gib + rng.next() % (1024 * gib), 1, private: false) }
+    for _ in 0..<16 {                                          // uniformly over all 1 TiB of RAM
+        let r = rng.next() % (1024 * gib)
+        try t.setRange(r < 2 * gib ? r : 4 * gib + (r - 2 * gib), 1, private: false)
+    }
 }
 
 func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {

@@ -290,21 +290,44 @@ public final class Tracker {
     /// any page changed. On error nothing changed.
     @discardableResult
     public func setRange(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
+        // The callback is read under the same lock as the update (not with a
+        // second lock round trip: that was a third of a single-page update).
+        var cb: ChangeCallback? = nil
+        var cbOpaque: UnsafeMutableRawPointer? = nil
         let changed = try locked { () throws(SevError) -> Bool in
-            let s0 = try checkRange(gfn, n)
-            // Pass 1: blocks for partial chunks (at most the first and last).
-            var oom = false
-            forEachSegment(gfn, n, s0) { s, c, a, b, _ in
-                if !oom && needsBlock(s, c, a, b, value) && !materialize(s, c) { oom = true }
-            }
-            if oom { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
+            // A range inside one slot needs only the slot lookup; checkRange
+            // (holes, overflow, messages) handles the rest.
+            let s0: Int
+            if n != 0, let s = slotIndex(containing: gfn), n <= slots![s].end &- gfn { s0 = s }
+            else { s0 = try checkRange(gfn, n) }
             var any = false
-            forEachSegment(gfn, n, s0) { s, c, a, b, _ in
-                if setChunkRange(s, c, a, b, value) { any = true }
+            let sl = slots![s0]
+            let rel = gfn &- sl.base
+            let c = rel &>> UInt64(Geometry.chunkShift)
+            if n <= UInt64(Geometry.chunkPages) && (rel &+ n &- 1) &>> UInt64(Geometry.chunkShift) == c
+                && n <= sl.pages &- rel {
+                // Fast path: one chunk of one slot (every hypercall-sized update).
+                let a = Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1))
+                let b = a &+ Int(truncatingIfNeeded: n)
+                if needsBlock(s0, c, a, b, value) && !materialize(s0, c) {
+                    throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
+                }
+                any = setChunkRange(s0, c, a, b, value)
+            } else {
+                // Pass 1: blocks for partial chunks (at most the first and last).
+                var oom = false
+                forEachSegment(gfn, n, s0) { s, c, a, b, _ in
+                    if !oom && needsBlock(s, c, a, b, value) && !materialize(s, c) { oom = true }
+                }
+                if oom { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
+                forEachSegment(gfn, n, s0) { s, c, a, b, _ in
+                    if setChunkRange(s, c, a, b, value) { any = true }
+                }
             }
+            if any { cb = callback; cbOpaque = callbackOpaque }
             return any
         }
-        if changed { notify(gfn, n, value ? 1 : 0) }
+        if changed, let cb { cb(cbOpaque, gfn, n, value ? 1 : 0) }
         return changed
     }
 
@@ -762,3 +785,8 @@ public final class Tracker {
 
     public var memoryBytes: Int { withLock { memBytes &+ Tracker.fixedBytes } }
 }
+
+// SAFETY: every access to a Tracker's mutable state happens under its mutex
+// (`lock`), or through `Atomic` fields; the threading contract in
+// include/sevpeb.h is built on that. Callbacks run without the lock.
+extension Tracker: @unchecked Sendable {}

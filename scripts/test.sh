@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite (README's test command; .ci/run calls exactly this).
+# Installs what it needs on a fresh Debian bookworm machine, then runs every
+# step, continuing past failures so one run shows them all. QEMU is built
+# (or reused) in $SEVPEB_CACHE, outside the clone.
+#
+#   bash scripts/test.sh            everything
+#   SEVPEB_FUZZ_SECONDS=600 bash scripts/test.sh   longer fuzzing
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+FUZZ_SECONDS=${SEVPEB_FUZZ_SECONDS:-45}
+
+step "set-up: Debian and PyPI packages" bash -c 'source scripts/lib.sh; install_base_deps && install_py_deps'
+step "swift test (unit, model-based property tests, round trips, hostile input)" \
+    swift test
+step "Embedded archive + C ABI test through pkg-config (plain, ASan+UBSan)" \
+    make check PREFIX="$SEVPEB_PREFIX"
+step "TSan: concurrency tests (swift test --sanitize=thread)" \
+    swift test --sanitize=thread --scratch-path .build-tsan --filter Concurrency
+step "KVM layer: real /dev/kvm (VM level) and seed-dialect kernel model behind an ioctl interposer" \
+    make kvm-check PREFIX="$SEVPEB_PREFIX"
+step "CLI: encode / decode / dump" \
+    bash scripts/cli-test.sh
+step "fuzzing: bounded libFuzzer runs (${FUZZ_SECONDS} s per target)" \
+    bash fuzz/run.sh --seconds "$FUZZ_SECONDS"
+step "concurrency stress: 1000 randomized migrations, 8+ updater threads (TSan)" \
+    bash Tests/c/stress.sh
+step "benchmarks still run (quick mode; figures, not goals)" \
+    bash bench/run.sh --quick
+step "patched QEMU: build or reuse from the cache" \
+    bash scripts/build-qemu.sh
+step "QEMU-level tests (TCG): file/TCP migration, reset, hotplug, hostile streams, inspector" \
+    bash tests/qemu/run.sh
+step "cross-host trials: quick subset (network namespaces)" \
+    "$PYVENV/bin/python" trials/run.py --quick
+summary
