@@ -98,9 +98,10 @@ SEVPEB_API const char *sevpeb_strerror(int err);
 /**
  * Detail of the calling thread's last failed sevpeb_* call: one phrase with
  * no trailing newline naming the field, the value read and the value
- * expected, e.g. "record 0x03 at offset 212: gfn 0x1000000 + 16 pages
- * outside slot layout". "" if that thread has had no failure. The string is
- * thread-local and valid until the thread's next sevpeb_* call.
+ * expected, e.g. "FILL at offset 30: gfn range 0xc8..0xcd outside the
+ * memory layout (gfn 0xc8 is in no slot)". "" if that thread has had no
+ * failure. The string is thread-local; it stays until that thread's next
+ * failing call replaces it (successful calls leave it alone).
  */
 SEVPEB_API const char *sevpeb_last_error(void);
 
@@ -111,6 +112,8 @@ SEVPEB_API const char *sevpeb_last_error(void);
 /** Page state values. */
 #define SEVPEB_SHARED  0
 #define SEVPEB_PRIVATE 1
+/** Change-callback state for a sevpeb_set_bitmap range (mixed values). */
+#define SEVPEB_MIXED   (-1)
 
 /** Page size tracked: one bit per 4 KiB guest frame. */
 #define SEVPEB_PAGE_SHIFT 12
@@ -244,7 +247,9 @@ SEVPEB_API uint64_t sevpeb_memory_bytes(sevpeb_tracker *t);
 /**
  * Called after every update that changed at least one page, with a range
  * that contains every changed page (it may also contain unchanged ones),
- * and the new state. Called in the updating thread, without internal locks
+ * and the new state: SEVPEB_PRIVATE, SEVPEB_SHARED, or SEVPEB_MIXED for
+ * sevpeb_set_bitmap (re-read the range if the values matter). Not called
+ * when an incoming migration commits its state. Called in the updating thread, without internal locks
  * held, before the update call returns: a VMM marks those RAM pages dirty
  * here so that their contents are sent again (closing the races of
  * domain.md section 7.1). Must not call sevpeb_tracker_destroy.
