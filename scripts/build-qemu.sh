@@ -8,6 +8,9 @@
 #   SEVPEB_CACHE       cache directory, outside the clone (default /var/cache/sevpeb)
 #   SEVPEB_LIB         auto (default: link the library if the repo has a Makefile),
 #                      yes (require it), no (build stock QEMU + the series without it)
+#   SEVPEB_LIB_REV     build the library from this git revision of the repository
+#                      (e.g. HEAD: committed sources only, exported into the cache)
+#                      instead of the working tree
 #   SEVPEB_QEMU_VERSION  Debian source version to ask for first
 #                      (default 1:10.0.13+ds-0+deb13u1; falls back to qemu/trixie)
 #   JOBS               parallel build jobs (default: nproc)
@@ -151,7 +154,13 @@ case "$SEVPEB_LIB" in
     auto) [ -f "$REPO/Makefile" ] && LIB_PRESENT=1 ;;
     *) die "SEVPEB_LIB must be auto, yes or no" ;;
 esac
-if [ -n "$LIB_PRESENT" ]; then
+LIBDIR=$REPO
+if [ -n "$LIB_PRESENT" ] && [ -n "${SEVPEB_LIB_REV:-}" ]; then
+    LIBKEY=$(git -C "$REPO" rev-parse "$SEVPEB_LIB_REV:Sources" "$SEVPEB_LIB_REV:include" \
+                 "$SEVPEB_LIB_REV:Makefile" "$SEVPEB_LIB_REV:Package.swift" | sha256sum | cut -c1-16) ||
+        die "cannot resolve SEVPEB_LIB_REV=$SEVPEB_LIB_REV"
+    LIBDIR=$CACHE/libsrc
+elif [ -n "$LIB_PRESENT" ]; then
     LIBKEY=$(hash_paths Sources include Makefile Package.swift)
 else
     LIBKEY=nolib
@@ -220,8 +229,15 @@ grep -q "option('sevpeb'" "$SRC/meson_options.txt" && HAS_OPTION=1
 
 if [ -n "$LIB_PRESENT" ]; then
     if [ "$(cat "$TREE/.libkey" 2>/dev/null)" != "$LIBKEY" ]; then
+        if [ "$LIBDIR" != "$REPO" ]; then
+            log "exporting the library sources at $SEVPEB_LIB_REV"
+            mkdir -p "$LIBDIR"
+            rm -rf "$LIBDIR/Sources" "$LIBDIR/include"
+            git -C "$REPO" archive "$SEVPEB_LIB_REV" Sources include Makefile Package.swift |
+                tar -x -C "$LIBDIR"
+        fi
         log "installing the sevpeb library into $PREFIX"
-        make -C "$REPO" install PREFIX="$PREFIX" >&2
+        make -C "$LIBDIR" install PREFIX="$PREFIX" >&2
         [ -f "$PREFIX/lib/pkgconfig/sevpeb.pc" ] || die "make install did not produce $PREFIX/lib/pkgconfig/sevpeb.pc"
         # The archive is a link input ninja does not track: force the relink.
         rm -f "$BUILD/qemu-system-x86_64"

@@ -1,0 +1,123 @@
+"""Minimal stdlib QMP client and QEMU process helper for the QEMU-level tests."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+class QMPError(RuntimeError):
+    def __init__(self, cmd, error):
+        super().__init__(f"{cmd}: {error.get('class')}: {error.get('desc')}")
+        self.cmd = cmd
+        self.error = error
+
+
+class QMP:
+    def __init__(self, path, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"QMP socket {path} did not come up")
+                time.sleep(0.05)
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.f = sock.makefile("rwb", buffering=0)
+        self.events = []
+        greeting = self._read()
+        assert "QMP" in greeting, greeting
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise EOFError("QMP connection closed")
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = self._read()
+            if "event" in r:
+                self.events.append(r)
+                continue
+            if "error" in r:
+                raise QMPError(name, r["error"])
+            return r["return"]
+
+    def hmp(self, line):
+        return self.cmd("human-monitor-command", **{"command-line": line})
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Qemu:
+    """One QEMU process we started; killed by PID only."""
+
+    def __init__(self, env, workdir, name, extra=(), obj=True, incoming=None,
+                 obj_props="", mem="256"):
+        self.name = name
+        self.workdir = workdir
+        self.qmp_path = os.path.join(workdir, f"{name}.qmp")
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        args = [env["QEMU"], "-name", name, "-M", "q35", "-m", mem,
+                "-nodefaults", "-display", "none", "-accel", "tcg",
+                "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        for d in env["QEMU_FW_DIRS"].split(":"):
+            args += ["-L", d]
+        if obj:
+            args += ["-object", "sev-page-enc-bitmap,id=peb0" + obj_props]
+        if incoming:
+            args += ["-incoming", incoming]
+        args += list(extra)
+        self.args = args
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.qmp = None
+
+    def connect(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.qmp_path):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early rc={self.proc.returncode}: "
+                                   f"{self.output()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no QMP socket")
+            time.sleep(0.05)
+        self.qmp = QMP(self.qmp_path, timeout)
+        return self.qmp
+
+    def output(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.qmp:
+            self.qmp.close()
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()

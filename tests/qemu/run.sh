@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# tests/qemu/run.sh - QEMU-level tests of the sev-page-enc-bitmap object (TCG).
+#
+# Builds (or reuses) the patched QEMU with scripts/build-qemu.sh, then runs
+# tests/qemu/test_qemu.py against it. Extra arguments are test names.
+# Prints "N passed, N failed" last and exits non-zero on failure.
+#
+# Environment: SEVPEB_CACHE (as build-qemu.sh); SEVPEB_QEMU_ENV=FILE to use
+# an existing env file (QEMU=, QEMU_FW_DIRS=, QEMU_ANALYZE_MIGRATION=) and
+# skip the build.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${SEVPEB_CACHE:-/var/cache/sevpeb}
+
+if [ -z "${SEVPEB_QEMU_ENV:-}" ]; then
+    "$REPO/scripts/build-qemu.sh" >/dev/null
+    SEVPEB_QEMU_ENV=$CACHE/current.env
+fi
+exec /usr/bin/python3 "$HERE/test_qemu.py" --env "$SEVPEB_QEMU_ENV" "$@"
