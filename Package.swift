@@ -10,8 +10,6 @@
 //
 // Compilation conditions:
 //   SEVPEB_EMBEDDED   (environment variable) build the library as Embedded Swift.
-//   SEVPEB_INTERNAL_CHECKS  (-Xswiftc -DSEVPEB_INTERNAL_CHECKS) run the tracker's
-//                     invariant checks after every mutation; slow, for tests.
 import PackageDescription
 
 let embedded = Context.environment["SEVPEB_EMBEDDED"] != nil

@@ -53,6 +53,7 @@ import Testing
         #expect(dst.digest() == src.digest())
         #expect(dst.totals() == src.totals())
         #expect(dst.allRuns.count == src.allRuns.count)
+        #expect(src.checkInvariants() == nil && dst.checkInvariants() == nil)
     }
 }
 
