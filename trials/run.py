@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""sevpeb cross-host live-migration trials.
+
+  trials/run.py --quick                 fast fixed subset (ping-pong x2, corrupted stream, not-ready)
+  trials/run.py --full [--count N]      all eight scenarios
+  trials/run.py --only corrupt,peer     chosen scenarios
+
+The QEMU under test comes from --qemu, else $QEMU, else the env file written by
+scripts/build-qemu.sh (${SEVPEB_CACHE:-/var/cache/sevpeb}/current.env). The stock
+peer (scenario 8) is --peer-qemu, else Debian bookworm-backports' qemu-system-x86
+extracted into the cache. Needs root (network namespaces, apt-get).
+See docs/TRIALS.md.
+"""
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sevtrials import assets, report, scenarios                  # noqa: E402
+from sevtrials.hosts import Hosts, qemu_has_sevpeb, qemu_version  # noqa: E402
+from sevtrials.util import cache_dir, log                         # noqa: E402
+
+ALL = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt", "not-ready", "peer"]
+QUICK = ["ping-pong", "corrupt", "not-ready"]
+
+
+def read_env_file(path):
+    env = {}
+    try:
+        for line in open(path):
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                k, v = line.split("=", 1)
+                env[k] = v
+    except OSError:
+        pass
+    return env
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="fast fixed subset (default)")
+    g.add_argument("--full", action="store_true", help="all scenarios")
+    g.add_argument("--only", help=f"comma-separated scenarios: {','.join(ALL)}")
+    ap.add_argument("--count", type=int, default=None, help="ping-pong migrations (quick 2, full 10)")
+    ap.add_argument("--peer-count", type=int, default=None, help="migrations per side in scenario 8 (default 5)")
+    ap.add_argument("--qemu", help="patched QEMU binary (with -object sev-page-enc-bitmap)")
+    ap.add_argument("--peer-qemu", help="stock QEMU 10.0 binary for scenario 8")
+    ap.add_argument("--fw-dirs", help="colon-separated firmware dirs (-L) for every QEMU")
+    ap.add_argument("--env-file", default=None, help="build-qemu.sh env file (default $SEVPEB_CACHE/current.env)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    ap.add_argument("--bandwidth", type=float, default=64, help="migration max-bandwidth MiB/s (default 64)")
+    ap.add_argument("--slow-bandwidth", type=float, default=24,
+                    help="max-bandwidth for migrations that get interrupted (reboot/cancel/kill), MiB/s")
+    ap.add_argument("--dirty-mb", type=int, default=8, help="MiB the guest rewrites per second")
+    ap.add_argument("--churn-rate", type=float, default=400, help="max x-sev-page-enc-bitmap-set calls/s")
+    ap.add_argument("--storm-calls", type=int, default=None, help="boot-storm calls (quick 2000, full 19000)")
+    ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits,truncate; full magic,bits,final,truncate)")
+    ap.add_argument("--mig-timeout", type=float, default=120, help="per-migration time bound, s")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--allow-stock", action="store_true",
+                    help="run with a QEMU that lacks the object (plumbing only: ping-pong + peer without sevpeb)")
+    ap.add_argument("--keep-work", action="store_true", help="keep serial/stderr logs of passing runs")
+    args = ap.parse_args()
+
+    full = args.full
+    mode = "full" if full else ("only" if args.only else "quick")
+    args.count = args.count or (10 if full else 2)
+    args.peer_count = args.peer_count or (5 if full else 3)
+    args.storm_calls = args.storm_calls if args.storm_calls is not None else (19000 if full else 2000)
+    modes = (args.corrupt_modes or ("magic,bits,final,truncate" if full or args.only else "bits,truncate")).split(",")
+    todo = ALL if full else (args.only.split(",") if args.only else QUICK)
+    bad = [s for s in todo if s not in ALL]
+    if bad:
+        ap.error(f"unknown scenario(s) {bad}; choose from {ALL}")
+    if os.geteuid() != 0:
+        ap.error("must run as root (network namespaces, apt-get)")
+
+    # --- binaries --------------------------------------------------------
+    env = read_env_file(args.env_file or os.path.join(cache_dir(), "current.env"))
+    qemu = args.qemu or os.environ.get("QEMU") or env.get("QEMU")
+    if not qemu or not os.access(qemu, os.X_OK):
+        ap.error(f"no QEMU: pass --qemu or run scripts/build-qemu.sh (env file gave {qemu!r})")
+    peb = qemu_has_sevpeb(qemu)
+    if not peb and not args.allow_stock:
+        ap.error(f"{qemu} has no sev-page-enc-bitmap object (stock build?). Build the patched QEMU "
+                 f"(scripts/build-qemu.sh) or pass --allow-stock for a plumbing-only run")
+    if not peb:
+        todo = [s for s in todo if s in ("ping-pong", "peer")]
+        log(f"WARNING: {qemu} lacks sev-page-enc-bitmap: plumbing-only run of {todo}", always=True)
+    guest = assets.ensure_guest()
+    if args.fw_dirs:
+        fw_dirs = args.fw_dirs.split(":")
+    elif env.get("QEMU_FW_DIRS") and env.get("QEMU") == qemu:
+        fw_dirs = env["QEMU_FW_DIRS"].split(":")
+    else:
+        fw_dirs = guest["fw_dirs"]
+    peer_qemu = None
+    if "peer" in todo:
+        peer_qemu = args.peer_qemu or assets.ensure_peer()
+    meta = {"mode": mode, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "qemu": qemu, "qemu_version": qemu_version(qemu), "sevpeb": peb,
+            "peer_qemu": peer_qemu or "–", "peer_version": qemu_version(peer_qemu) if peer_qemu else "–",
+            "guest": f"{os.path.basename(guest['kernel'])} + busybox initramfs", "fw_dirs": fw_dirs,
+            "host": f"{platform.node()} {platform.release()}, {os.cpu_count()} CPUs",
+            "cmdline": "trials/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "args": {k: v for k, v in vars(args).items()}, "scenarios": todo}
+    log(f"QEMU {meta['qemu_version']} ({qemu}), sevpeb object: {'yes' if peb else 'NO'}", always=True)
+    if peer_qemu:
+        log(f"peer {meta['peer_version']} ({peer_qemu})", always=True)
+    log(f"scenarios: {', '.join(todo)}", always=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(args.out, "work")
+    os.makedirs(work, exist_ok=True)
+    hosts = Hosts()
+    meta["ns"] = (hosts.ns["A"], hosts.ns["B"])
+    results = []
+    try:
+        hosts.create()
+        ctx = scenarios.Ctx(args, qemu, peer_qemu, fw_dirs, guest, hosts, work, peb)
+        for i, key in enumerate(todo, 1):
+            log(f"=== scenario {i}/{len(todo)}: {key} ===", always=True)
+            t0 = time.monotonic()
+            try:
+                if key == "ping-pong":
+                    r = scenarios.pingpong(ctx, args.count)
+                elif key == "reboot":
+                    r = scenarios.reboot(ctx)
+                elif key == "hotplug":
+                    r = scenarios.hotplug(ctx)
+                elif key in ("cancel", "dest-killed"):
+                    r = scenarios.interrupted(ctx, "cancel" if key == "cancel" else "kill")
+                elif key == "corrupt":
+                    r = scenarios.corrupt(ctx, modes)
+                elif key == "not-ready":
+                    r = scenarios.not_ready(ctx)
+                elif key == "peer":
+                    r = scenarios.peer(ctx, args.peer_count)
+            except Exception as e:
+                r = scenarios.Result(key, "(aborted)")
+                r.error = f"{type(e).__name__}: {e}"
+                log(f"scenario {key} aborted: {r.error}\n{traceback.format_exc()}", always=True)
+            finally:
+                ctx.cleanup()
+            r.seconds = time.monotonic() - t0
+            results.append(r)
+            log(f"=== {key}: {'PASS' if r.passed else 'FAIL'} ({r.seconds:.0f} s) ===", always=True)
+    except KeyboardInterrupt:
+        log("interrupted", always=True)
+    finally:
+        try:
+            ctx.cleanup()
+        except Exception:
+            pass
+        hosts.delete()
+
+    pics, why = report.pictures(results, args.out)
+    if why:
+        log(why, always=True)
+    path = report.write_markdown(results, meta, args.out, pics)
+    report.write_json(results, meta, args.out)
+    print(report.text_summary(results, meta))
+    print(f"report: {path}" + (f" (+ {len(pics)} pictures)" if pics else ""))
+    npass = sum(r.passed for r in results)
+    nfail = len(results) - npass
+    if not peb:
+        print("NOTE: QEMU under test has no sevpeb object; this was a plumbing run and counts as failed.")
+        nfail += 1
+    print(f"{npass} passed, {nfail} failed")
+    return 1 if nfail or not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

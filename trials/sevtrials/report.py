@@ -1,0 +1,293 @@
+"""Markdown report and PNG pictures."""
+import json
+import os
+import statistics
+
+MiB = 1 << 20
+
+
+def _fmt(v, nd=0):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _peb(rec, k):
+    return (rec.get("peb_save") or {}).get(k)
+
+
+def section_bytes(rec):
+    s = rec.get("peb_save")
+    if not s:
+        return None
+    return (s.get("setup-bytes") or 0) + (s.get("iterate-bytes") or 0) + (s.get("complete-bytes") or 0)
+
+
+def totals(results):
+    migs = [m for r in results for m in r.migrations]
+    done = [m for m in migs if m["status"] == "completed"]
+    sec = [section_bytes(m) for m in done if section_bytes(m) is not None]
+    ram = [m["ram_transferred"] for m in done if section_bytes(m) is not None and m.get("ram_transferred")]
+    t = {"migrations": len(migs), "completed": len(done),
+         "section_bytes": sum(sec), "ram_bytes": sum(ram)}
+    if done:
+        t["median_total_ms"] = statistics.median(m["total_ms"] for m in done)
+        t["median_downtime_ms"] = statistics.median(m["downtime_ms"] for m in done)
+        t["max_downtime_ms"] = max(m["downtime_ms"] for m in done)
+    cb = [_peb(m, "complete-bytes") for m in done if _peb(m, "complete-bytes") is not None]
+    if cb:
+        t["max_complete_bytes"] = max(cb)
+    return t
+
+
+def text_summary(results, meta):
+    lines = ["", "=" * 78, f"sevpeb migration trials — {meta['mode']}  ({meta['qemu_version']})", "=" * 78]
+    for r in results:
+        nmig = len(r.migrations)
+        mark = "PASS" if r.passed else "FAIL"
+        ok = sum(1 for _, o, _ in r.checks if o)
+        lines.append(f"[{mark}] {r.key:<12} {ok}/{len(r.checks)} checks, {nmig} migrations, {r.seconds:.0f} s — {r.title}")
+        for d, o, det in r.checks:
+            if not o:
+                lines.append(f"         FAIL: {d}: {det}")
+        if r.error:
+            lines.append(f"         ERROR: {r.error}")
+    t = totals(results)
+    lines.append("-" * 78)
+    lines.append(f"migrations: {t['completed']}/{t['migrations']} completed"
+                 + (f"; median total {t['median_total_ms']:.0f} ms, median downtime {t['median_downtime_ms']:.0f} ms, "
+                    f"max downtime {t['max_downtime_ms']} ms" if t.get("completed") else ""))
+    if t["ram_bytes"]:
+        lines.append(f"sevpeb section bytes {t['section_bytes']:,} vs RAM bytes {t['ram_bytes']:,} "
+                     f"({100.0 * t['section_bytes'] / t['ram_bytes']:.4f} %); largest downtime (END) payload "
+                     f"{t.get('max_complete_bytes', 0):,} B")
+    for r in results:
+        if r.key == "peer" and "ratio_total" in r.numbers:
+            p = r.numbers["per_side"]
+            lines.append(f"with/without sevpeb (median): total {p['sevpeb']['total_ms']:.0f}/{p['stock']['total_ms']:.0f} ms "
+                         f"= {r.numbers['ratio_total']:.2f}x, downtime {p['sevpeb']['downtime_ms']:.0f}/"
+                         f"{p['stock']['downtime_ms']:.0f} ms = {r.numbers['ratio_downtime']:.2f}x")
+    return "\n".join(lines)
+
+
+def write_markdown(results, meta, outdir, pictures):
+    t = totals(results)
+    L = [f"# sevpeb migration trials ({meta['mode']})", "",
+         f"- date: {meta['date']}", f"- QEMU under test: `{meta['qemu']}` — {meta['qemu_version']}"
+         f"{'' if meta['sevpeb'] else ' — **no sev-page-enc-bitmap object (plumbing run only)**'}",
+         f"- peer (stock) QEMU: `{meta['peer_qemu']}` — {meta['peer_version']}",
+         f"- guest: {meta['guest']}, 256 MiB q35, TCG, 1 vCPU, dirtying {meta['args']['dirty_mb']} MiB/s",
+         f"- hosts: network namespaces `{meta['ns'][0]}` / `{meta['ns'][1]}` joined by a veth pair",
+         f"- migration: max-bandwidth {meta['args']['bandwidth']} MiB/s "
+         f"(interrupted/reboot runs {meta['args']['slow_bandwidth']} MiB/s), return-path on; "
+         f"churn ≤ {meta['args']['churn_rate']} calls/s; boot storm {meta['args']['storm_calls']} calls",
+         f"- machine: {meta['host']}", f"- command: `{meta['cmdline']}`", "",
+         "## Summary", "", "| scenario | result | checks | migrations | time | what |", "|---|---|---|---|---|---|"]
+    for r in results:
+        ok = sum(1 for _, o, _ in r.checks if o)
+        L.append(f"| {r.key} | {'**PASS**' if r.passed else '**FAIL**'} | {ok}/{len(r.checks)} | "
+                 f"{len(r.migrations)} | {r.seconds:.0f} s | {r.title} |")
+    npass = sum(r.passed for r in results)
+    L += ["", f"**{npass} passed, {len(results) - npass} failed.**", "",
+          f"Migrations: {t['completed']}/{t['migrations']} completed."]
+    if t.get("completed"):
+        L.append(f"Median total time {t['median_total_ms']:.0f} ms, median downtime {t['median_downtime_ms']:.0f} ms, "
+                 f"largest downtime {t['max_downtime_ms']} ms.")
+    if t["ram_bytes"]:
+        L.append(f"sevpeb section bytes over all completed migrations: {t['section_bytes']:,} B, against "
+                 f"{t['ram_bytes']:,} B of RAM sent ({100.0 * t['section_bytes'] / t['ram_bytes']:.4f} %). "
+                 f"Largest END (downtime) payload: {t.get('max_complete_bytes', 0):,} B.")
+    for r in results:
+        if r.key == "peer" and r.numbers.get("per_side"):
+            p = r.numbers["per_side"]
+            L += ["", "## With vs without sevpeb (scenario 8, medians)", "",
+                  "| | migrations | total time (ms) | downtime (ms) | RAM sent (MiB) |", "|---|---|---|---|---|"]
+            for side, v in p.items():
+                L.append(f"| {side} | {v['n']} | {v['total_ms']:.0f} | {v['downtime_ms']:.0f} | {v['ram_mib']:.1f} |")
+            if "ratio_total" in r.numbers:
+                L.append(f"| ratio sevpeb/stock | | {r.numbers['ratio_total']:.2f} | {r.numbers['ratio_downtime']:.2f} | |")
+    L += ["", "## Scenarios", ""]
+    for r in results:
+        L += [f"### {r.key}: {'PASS' if r.passed else 'FAIL'}", "", r.title, ""]
+        if r.error:
+            L += [f"**Error:** `{r.error}`", ""]
+        for d, o, det in r.checks:
+            L.append(f"- {'✅' if o else '❌'} {d}" + (f" — {det}" if det else ""))
+        extra = {k: v for k, v in r.numbers.items() if k not in ("per_side",)}
+        if extra:
+            L += ["", "Numbers: `" + json.dumps(extra, default=str)[:1500] + "`"]
+        L.append("")
+    L += ["## Migrations", "",
+          "| scenario | migration | status | total ms | downtime ms | RAM MiB | syncs | sevpeb iters | "
+          "setup B | iterate B | END B | section/RAM | churn calls |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for m in r.migrations:
+            sb = section_bytes(m)
+            ratio = f"{100.0 * sb / m['ram_transferred']:.4f} %" if sb and m.get("ram_transferred") else "–"
+            L.append(f"| {r.key} | {m['label']} | {m['status']} | {_fmt(m.get('total_ms'))} | "
+                     f"{_fmt(m.get('downtime_ms'))} | "
+                     f"{_fmt((m.get('ram_transferred') or 0) / MiB, 1) if m.get('ram_transferred') else '–'} | "
+                     f"{_fmt(m.get('dirty_syncs'))} | {_fmt(_peb(m, 'iterations'))} | {_fmt(_peb(m, 'setup-bytes'))} | "
+                     f"{_fmt(_peb(m, 'iterate-bytes'))} | {_fmt(_peb(m, 'complete-bytes'))} | {ratio} | "
+                     f"{_fmt(m.get('churn_calls'))} |")
+    if pictures:
+        L += ["", "## Pictures", ""]
+        for title, fn in pictures:
+            L += [f"### {title}", "", f"![{title}]({fn})", ""]
+    path = os.path.join(outdir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")
+    return path
+
+
+def write_json(results, meta, outdir):
+    data = {"meta": meta, "scenarios": [{
+        "key": r.key, "title": r.title, "passed": r.passed, "error": r.error, "seconds": r.seconds,
+        "checks": [{"check": d, "ok": o, "detail": det} for d, o, det in r.checks],
+        "numbers": r.numbers,
+        "migrations": [{k: v for k, v in m.items() if k != "samples"} for m in r.migrations]}
+        for r in results]}
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(data, f, indent=1, default=str)
+
+
+# ---------------------------------------------------------------------------
+# pictures
+
+def pictures(results, outdir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError:
+        return [], "matplotlib not installed (pip install matplotlib): no pictures"
+    out = []
+    migs = [(r.key, m) for r in results for m in r.migrations if m.get("peb_save") and m["status"] == "completed"]
+
+    # 1. section bytes per iteration + per-migration totals vs RAM
+    if migs:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 8.5))
+        cmap = plt.get_cmap("tab10")
+        shown = [x for x in migs if x[0] == "ping-pong"] or migs
+        for i, (key, m) in enumerate(shown[:10]):
+            s = m["peb_save"]
+            ys = [s.get("setup-bytes") or 0] + list(m.get("iter_bytes") or []) + [s.get("complete-bytes") or 0]
+            xs = list(range(len(ys)))
+            ax1.step(xs, [max(y, 0.8) for y in ys], where="mid", color=cmap(i % 10), lw=1.4,
+                     label=f"{m['label']} ({len(ys) - 2} iterations)")
+            ax1.plot([xs[0], xs[-1]], [max(ys[0], 0.8), max(ys[-1], 0.8)], "o", color=cmap(i % 10), ms=4)
+        ax1.set_yscale("log")
+        ax1.set_xlabel("save step: 0 = setup (START), 1..n = iterate (PART), last = complete (END, downtime)")
+        ax1.set_ylabel("sevpeb section payload bytes (log)")
+        ax1.set_title("sevpeb section bytes per migration step")
+        ax1.grid(True, which="both", alpha=0.3)
+        ax1.legend(fontsize=7, ncol=2, loc="upper right")
+        labels = [f"{m['label']}" for _, m in migs]
+        x = range(len(migs))
+        setup = [m["peb_save"].get("setup-bytes") or 0 for _, m in migs]
+        it = [m["peb_save"].get("iterate-bytes") or 0 for _, m in migs]
+        end = [m["peb_save"].get("complete-bytes") or 0 for _, m in migs]
+        ram = [m.get("ram_transferred") or 0 for _, m in migs]
+        w = 0.2
+        ax2.bar([i - 1.5 * w for i in x], [max(v, 1) for v in setup], w, label="setup (START)", color="#4c72b0")
+        ax2.bar([i - 0.5 * w for i in x], [max(v, 1) for v in it], w, label="iterate (all PART)", color="#55a868")
+        ax2.bar([i + 0.5 * w for i in x], [max(v, 1) for v in end], w, label="complete (END, in downtime)", color="#c44e52")
+        ax2.bar([i + 1.5 * w for i in x], [max(v, 1) for v in ram], w, label="RAM sent", color="#8c8c8c")
+        ax2.set_yscale("log")
+        ax2.set_xticks(list(x))
+        ax2.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
+        ax2.set_ylabel("bytes (log)")
+        ax2.set_title("sevpeb section bytes vs RAM bytes, per completed migration")
+        ax2.grid(True, axis="y", which="major", alpha=0.3)
+        ax2.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.42))
+        fig.tight_layout()
+        fn = "section-bytes.png"
+        fig.savefig(os.path.join(outdir, fn), dpi=110)
+        plt.close(fig)
+        out.append(("sevpeb section bytes per iteration and vs RAM", fn))
+
+    # 2. downtime / total time with vs without sevpeb
+    peer = next((r for r in results if r.key == "peer"), None)
+    if peer and peer.migrations:
+        sides = {}
+        for m in peer.migrations:
+            if m["status"] == "completed":
+                sides.setdefault(m.get("side", "?"), []).append(m)
+        if sides:
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+            colors = {"sevpeb": "#c44e52", "stock": "#4c72b0"}
+            for ax, key, title in ((axes[0], "downtime_ms", "downtime (ms)"), (axes[1], "total_ms", "total time (ms)")):
+                names = list(sides)
+                for j, name in enumerate(names):
+                    vals = [m[key] for m in sides[name]]
+                    ax.bar(j, statistics.median(vals), 0.6, color=colors.get(name, "gray"), alpha=0.45,
+                           label="median" if j == 0 else None)
+                    ax.plot([j + (k - (len(vals) - 1) / 2) * 0.08 for k in range(len(vals))], vals, "o",
+                            color=colors.get(name, "gray"), ms=6, label="each migration" if j == 0 else None)
+                    ax.annotate(f"median {statistics.median(vals):.0f}", (j, statistics.median(vals)),
+                                textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9)
+                ax.set_xticks(range(len(names)))
+                ax.set_xticklabels([f"{n}\n({'patched + object' if n == 'sevpeb' else 'QEMU 10.0 bpo, no object'})"
+                                    for n in names], fontsize=9)
+                ax.set_ylabel(title)
+                ax.set_ylim(0, max(m[key] for v in sides.values() for m in v) * 1.25 + 1)
+                ax.grid(True, axis="y", alpha=0.3)
+                ax.set_title(title + " with vs without sevpeb")
+                ax.legend(fontsize=8, loc="lower right")
+            fig.tight_layout()
+            fn = "downtime-peer.png"
+            fig.savefig(os.path.join(outdir, fn), dpi=110)
+            plt.close(fig)
+            out.append(("Downtime and total time with vs without sevpeb", fn))
+
+    # 3. memory maps before/after
+    maps = [(f"{r.key}: {k}", q) for r in results for k, q in r.maps.items()]
+    if maps:
+        fig, ax = plt.subplots(figsize=(11, 1.1 + 0.75 * len(maps)))
+        # compress the address axis: slots placed side by side with small gaps (holes are huge above 4 GiB)
+        slots_all = sorted({(s["base-gfn"], s["npages"]) for _, q in maps for s in q["slots"]})
+        pos, x = {}, 0.0
+        gap = max(1, sum(n for _, n in slots_all) // 80)
+        for b, n in slots_all:
+            pos[(b, n)] = x
+            x += n + gap
+
+        def xof(g):
+            for (b, n), p in pos.items():
+                if b <= g <= b + n:
+                    return p + (g - b)
+            return None
+        for row, (label, q) in enumerate(maps):
+            y = len(maps) - 1 - row
+            for s in q["slots"]:
+                p = pos[(s["base-gfn"], s["npages"])]
+                ax.broken_barh([(p, s["npages"])], (y - 0.35, 0.7), color="#3b4cc0")
+            segs = []
+            for rg in q["shared-ranges"]:
+                a, b = xof(rg["gfn"]), xof(rg["gfn"] + rg["npages"])
+                if a is not None and b is not None:
+                    segs.append((a, max(b - a, gap / 40)))   # single pages stay visible
+            ax.broken_barh(segs, (y - 0.35, 0.7), color="#f4a582")
+            ax.text(x, y, f"  {q['shared-pages']} shared / {q['total-pages']} pages\n  {len(q['shared-ranges'])} ranges",
+                    va="center", fontsize=7)
+        ax.set_yticks(range(len(maps)))
+        ax.set_yticklabels([m[0] for m in reversed(maps)], fontsize=8)
+        ticks = [(pos[s], f"{s[0] * 4096 / MiB:.0f} MiB") for s in slots_all]
+        ax.set_xticks([t[0] for t in ticks])
+        ax.set_xticklabels([t[1] for t in ticks], fontsize=7, rotation=30)
+        ax.set_xlim(0, x * 1.18)
+        ax.set_xlabel("guest physical address (slots side by side, start address of each slot marked; holes not to scale)")
+        ax.legend(handles=[Patch(color="#3b4cc0", label="private (encrypted)"),
+                           Patch(color="#f4a582", label="shared")], fontsize=8, loc="upper right",
+                  bbox_to_anchor=(1.0, 1.0 + 0.9 / len(maps)), ncol=2)
+        ax.set_title("Guest memory map (page-encryption bitmap) before and after migration", pad=18)
+        fig.tight_layout()
+        fn = "memory-map.png"
+        fig.savefig(os.path.join(outdir, fn), dpi=110)
+        plt.close(fig)
+        out.append(("Guest memory map before/after", fn))
+    return out, None
