@@ -66,6 +66,10 @@ public final class Tracker {
         if let cb { cb(op, gfn, n, state) }
     }
 
+    /// The callback as read inside an operation's critical section (so a
+    /// changing update takes the lock once).
+    typealias PendingCallback = (ChangeCallback?, UnsafeMutableRawPointer?)
+
     public func setCallback(_ cb: ChangeCallback?, _ opaque: UnsafeMutableRawPointer?) {
         withLock { callback = cb; callbackOpaque = opaque }
     }
@@ -294,7 +298,7 @@ public final class Tracker {
         // second lock round trip: that was a third of a single-page update).
         var cb: ChangeCallback? = nil
         var cbOpaque: UnsafeMutableRawPointer? = nil
-        let changed = try locked { () throws(SevError) -> Bool in
+        let (changed, cb) = try locked { () throws(SevError) -> (Bool, PendingCallback) in
             // A range inside one slot needs only the slot lookup; checkRange
             // (holes, overflow, messages) handles the rest.
             let s0: Int
@@ -500,7 +504,7 @@ public final class Tracker {
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(srcLen) < need { throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))") }
         let source = ByteBitSource(p: src, bytes: Int(need))
-        let changed = try locked { () throws(SevError) -> Bool in
+        let (changed, cb) = try locked { () throws(SevError) -> (Bool, PendingCallback) in
             let s0 = try checkRange(gfn, n)
             // Pass 1: blocks for every chunk whose new content is mixed or
             // partial-and-different, so pass 2 cannot fail half-way.
@@ -551,9 +555,9 @@ public final class Tracker {
                 }
                 if diff != 0 { markChanged(g, bit); any = true }
             }
-            return any
+            return (any, (callback, callbackOpaque))
         }
-        if changed { notify(gfn, n, -1) }
+        if changed, let f = cb.0 { f(cb.1, gfn, n, -1) }
         return changed
     }
 
