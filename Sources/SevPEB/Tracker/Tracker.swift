@@ -298,7 +298,7 @@ public final class Tracker {
         // second lock round trip: that was a third of a single-page update).
         var cb: ChangeCallback? = nil
         var cbOpaque: UnsafeMutableRawPointer? = nil
-        let (changed, cb) = try locked { () throws(SevError) -> (Bool, PendingCallback) in
+        let changed = try locked { () throws(SevError) -> Bool in
             // A range inside one slot needs only the slot lookup; checkRange
             // (holes, overflow, messages) handles the rest.
             let s0: Int
