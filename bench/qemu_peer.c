@@ -1,0 +1,31 @@
+/*
+ * bench/qemu_peer.c - thin wrappers that expose QEMU's bitmap code (the
+ * inline parts of include/qemu/bitmap.h; util/bitmap.c and util/bitops.c are
+ * compiled next to this file from the QEMU source at bench time) to the
+ * harness under plain names. Built with gcc -O2 and QEMU's include paths.
+ */
+#include "qemu/osdep.h"
+#include "qemu/bitops.h"
+#include "qemu/bitmap.h"
+#include "qemu_peer.h"
+
+void peer_set(unsigned long *map, long start, long nr) { bitmap_set(map, start, nr); }
+void peer_set_atomic(unsigned long *map, long start, long nr) { bitmap_set_atomic(map, start, nr); }
+void peer_clear(unsigned long *map, long start, long nr) { bitmap_clear(map, start, nr); }
+long peer_count_one(const unsigned long *map, long offset, long nbits)
+{
+    return bitmap_count_one_with_offset(map, offset, nbits);
+}
+unsigned long peer_find_next_bit(const unsigned long *map, unsigned long size, unsigned long off)
+{
+    return find_next_bit(map, size, off);
+}
+unsigned long peer_find_next_zero_bit(const unsigned long *map, unsigned long size, unsigned long off)
+{
+    return find_next_zero_bit(map, size, off);
+}
+void peer_copy_with_src_offset(unsigned long *dst, const unsigned long *src,
+                               unsigned long shift, unsigned long nbits)
+{
+    bitmap_copy_with_src_offset(dst, src, shift, nbits);
+}
