@@ -38,7 +38,7 @@ install: $(OUT)/libsevpeb.a
 	install -m 644 $(OUT)/sevpeb.pc $(PREFIX)/lib/pkgconfig/sevpeb.pc
 
 CTEST_FLAGS := -std=gnu11 -O1 -g -Wall -Wextra -Werror -pthread
-check: install
+check: install symbols
 	@mkdir -p $(OUT)
 	$(CC) $(CTEST_FLAGS) Tests/c/ctest.c -o $(OUT)/ctest $$(PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig pkg-config --cflags --libs sevpeb)
 	$(OUT)/ctest
@@ -46,7 +46,18 @@ check: install
 	  $$(PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig pkg-config --cflags --libs sevpeb)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(OUT)/ctest-asan
 
+# The archive must export only sevpeb_* and need only libc (+ libpthread).
+LIBC_SYMS := __stack_chk_fail __tls_get_addr arc4random_buf calloc free malloc memmove memset memcpy \
+	posix_memalign pthread_mutex_destroy pthread_mutex_init pthread_mutex_lock pthread_mutex_unlock \
+	ioctl __errno_location
+symbols: $(OUT)/libsevpeb.a
+	@bad=$$(nm -g --defined-only $(OUT)/sevpeb.o | awk '{print $$3}' | grep -v '^sevpeb_' || true); \
+	if [ -n "$$bad" ]; then echo "non-API global symbols exported: $$bad"; exit 1; fi
+	@und=$$(nm -u $(OUT)/sevpeb.o | awk '{print $$2}' | grep -vxF $(patsubst %,-e %,$(LIBC_SYMS)) || true); \
+	if [ -n "$$und" ]; then echo "undefined symbols beyond libc: $$und"; exit 1; fi
+	@echo "symbols ok: $$(nm -g --defined-only $(OUT)/sevpeb.o | wc -l) global, all sevpeb_*; undefined: libc only"
+
 clean:
 	rm -rf $(OUT) $(EMB)
 
-.PHONY: all install check clean
+.PHONY: all install check symbols clean
