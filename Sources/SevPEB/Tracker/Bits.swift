@@ -163,11 +163,58 @@ struct ByteBitSink {
         }
     }
 
+    /// Append `count` copies of `value`: whole bytes as one memset.
     mutating func appendRepeated(_ value: Bool, _ count: Int) {
         var n = count
         let w: UInt64 = value ? ~0 : 0
-        while n >= 64 { append(w, 64); n &-= 64 }
+        if accBits != 0 && n > 0 {
+            let k = min(64 &- accBits, n)
+            append(w, k)
+            n &-= k
+        }
+        if n >= 64 {  // accBits == 0 here
+            let words = n &>> 6
+            (p + outByte).update(repeating: value ? 0xff : 0, count: words &* 8)
+            outByte &+= words &* 8
+            n &-= words &* 64
+        }
         if n > 0 { append(w, n) }
+    }
+
+    /// Append bits [a, b) of the chunk block `w` (Geometry.chunkWords words;
+    /// b <= the chunk length). Once the sink is at a word boundary, each
+    /// output word is one load (aligned source) or one two-word shift-merge,
+    /// as QEMU's bitmap_copy_with_src_offset; never reads past word (b-1)/64.
+    mutating func appendBits(_ w: UnsafePointer<UInt64>, from a: Int, to b: Int) {
+        var i = a
+        if accBits != 0 && i < b {
+            let k = min(64 &- accBits, b &- i)
+            append(Bits.read64(w, words: Geometry.chunkWords, at: i), k)
+            i &+= k
+        }
+        let words = (b &- i) &>> 6
+        if words > 0 {  // accBits == 0 here
+            let out = UnsafeMutableRawPointer(p + outByte)
+            let sh = UInt64(i & 63)
+            let src = w + (i &>> 6)
+            if sh == 0 {
+                #if _endian(little)
+                out.copyMemory(from: src, byteCount: words &* 8)
+                #else
+                for k in 0..<words {
+                    out.storeBytes(of: src[k].littleEndian, toByteOffset: k &* 8, as: UInt64.self)
+                }
+                #endif
+            } else {
+                for k in 0..<words {
+                    let v = (src[k] &>> sh) | (src[k &+ 1] &<< (64 &- sh))
+                    out.storeBytes(of: v.littleEndian, toByteOffset: k &* 8, as: UInt64.self)
+                }
+            }
+            outByte &+= words &* 8
+            i &+= words &* 64
+        }
+        if i < b { append(Bits.read64(w, words: Geometry.chunkWords, at: i), b &- i) }
     }
 
     /// Write out the remaining bits, preserving bits above them in the last byte.

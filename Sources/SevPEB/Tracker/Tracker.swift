@@ -482,13 +482,7 @@ public final class Tracker {
                 if let u = uniformValue(g, c & 63) {
                     sink.appendRepeated(u, b &- a)
                 } else {
-                    let w = UnsafePointer(block(g, c & 63))
-                    var i = a
-                    while i < b {
-                        let k = min(64, b &- i)
-                        sink.append(Bits.read64(w, words: Geometry.chunkWords, at: i), k)
-                        i &+= k
-                    }
+                    sink.appendBits(UnsafePointer(block(g, c & 63)), from: a, to: b)
                 }
             }
             sink.finish()
