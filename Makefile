@@ -4,6 +4,8 @@
 #   make install PREFIX=DIR   DIR/include/sevpeb.h, DIR/lib/libsevpeb.a, DIR/lib/pkgconfig/sevpeb.pc
 #   make check PREFIX=DIR     build Tests/c against the installed library through pkg-config and run it
 #                             (plain, then ASan+UBSan)
+#   make kvm-check PREFIX=DIR the KVM layer's C tests: real /dev/kvm, then the ioctl interposer
+#                             (seed-dialect kernel models, syscall recording), then ASan+UBSan
 PREFIX ?= /usr/local
 VERSION := 0.1.0
 OUT := out
@@ -56,6 +58,22 @@ symbols: $(OUT)/libsevpeb.a
 	@und=$$(nm -u $(OUT)/sevpeb.o | awk '{print $$2}' | grep -vxF $(patsubst %,-e %,$(LIBC_SYMS)) || true); \
 	if [ -n "$$und" ]; then echo "undefined symbols beyond libc: $$und"; exit 1; fi
 	@echo "symbols ok: $$(nm -g --defined-only $(OUT)/sevpeb.o | wc -l) global, all sevpeb_*; undefined: libc only"
+
+# KVM layer, C level (every sevpeb_kvm_* function through the installed header
+# and archive): once against the real /dev/kvm alone, then with the ioctl
+# interposer preloaded (seed v6 / v8 kernel models on private fds, a Linux 6.8
+# memory-attributes model on a real VM fd, and a recording of every ioctl
+# request the process issued), then the same under ASan+UBSan.
+KVM_PC = $$(PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig pkg-config --cflags --libs sevpeb)
+kvm-check: install
+	@mkdir -p $(OUT)
+	$(CC) -std=gnu11 -O2 -g -Wall -Wextra -Werror -shared -fPIC Tests/c/kvm_interposer.c -o $(OUT)/kvm_interposer.so -ldl -pthread
+	$(CC) $(CTEST_FLAGS) Tests/c/kvm_test.c -o $(OUT)/kvm_test $(KVM_PC) -ldl
+	$(CC) $(CTEST_FLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all Tests/c/kvm_test.c -o $(OUT)/kvm_test-asan $(KVM_PC) -ldl
+	$(OUT)/kvm_test
+	LD_PRELOAD=$(abspath $(OUT)/kvm_interposer.so) $(OUT)/kvm_test --require-model
+	ASAN_OPTIONS=detect_leaks=1:verify_asan_link_order=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LD_PRELOAD=$(abspath $(OUT)/kvm_interposer.so) $(OUT)/kvm_test-asan --require-model
 
 clean:
 	rm -rf $(OUT) $(EMB)

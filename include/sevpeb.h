@@ -425,6 +425,279 @@ SEVPEB_API void sevpeb_load_cleanup(sevpeb_tracker *t);
 /** Section version this library writes (QEMU register_savevm_live version_id). */
 #define SEVPEB_SECTION_VERSION 1
 
+/* ======================================================================= */
+/* KVM                                                                      */
+/* ======================================================================= */
+/*
+ * The library's KVM side, bound to the VMM's VM fd. The VMM owns the fd:
+ * sevpeb never closes it, and it must stay open while bound. One binding per
+ * tracker. Everything here is optional: a VMM may feed the tracker itself
+ * with sevpeb_map_gpa_range and sevpeb_set_migration_control.
+ *
+ * Dialects (the VMM picks one; sevpeb never probes or guesses):
+ *   SEVPEB_KVM_UPSTREAM    merged Linux >= 5.14. The guest's
+ *       KVM_HC_MAP_GPA_RANGE exits to the VMM (KVM_EXIT_HYPERCALL), readiness
+ *       is MSR_KVM_MIGRATION_CONTROL through an MSR filter, guest_memfd VMs
+ *       take KVM_SET_MEMORY_ATTRIBUTES. The kernel keeps no bitmap.
+ *   SEVPEB_KVM_SEED_V6     the out-of-tree v6 series (March 2020): the kernel
+ *       keeps the bitmap; KVM_GET_PAGE_ENC_BITMAP 0x4018AEC5,
+ *       KVM_SET_PAGE_ENC_BITMAP 0x4018AEC6 (only clears bits),
+ *       KVM_PAGE_ENC_BITMAP_RESET 0xAEC7.
+ *   SEVPEB_KVM_SEED_V7_V9  the out-of-tree v7..v9 series (2020): GET
+ *       0x4018AEC6, SET 0x4018AEC7 (exact values in whole 64-bit words; a NULL
+ *       bitmap resets).
+ * The seed numbers now belong to other upstream ioctls (0xAEC7 is
+ * KVM_RESET_DIRTY_RINGS, nr 0xc6 is KVM_X86_SET_MSR_FILTER): sevpeb issues
+ * them only on a VM bound with that seed dialect, never on an upstream one.
+ * The only request in the 0xAEC5..0xAEC9 block an upstream binding issues is
+ * KVM_X86_SET_MSR_FILTER (0x4188AEC6), from sevpeb_kvm_install_msr_filter
+ * with flags 0.
+ *
+ * Upstream sequence (QEMU: kvm_arch_init / vCPU exit loop / migration):
+ *   sevpeb_kvm_bind(t, vm_fd, SEVPEB_KVM_UPSTREAM);
+ *   sevpeb_kvm_enable_hypercall_exit(t);
+ *   sevpeb_kvm_install_msr_filter(t, 0);         (or _BY_VMM + sevpeb_kvm_msr_filter_range)
+ *   sevpeb_kvm_cpuid_features(t, &eax);          OR eax into CPUID 0x40000001 EAX
+ *   vCPU loop: sevpeb_kvm_handle_hypercall(t, run) / sevpeb_kvm_handle_msr_exit(t, run)
+ *   before migrating: sevpeb_kvm_may_migrate(t)
+ *   destination, guest_memfd VM: sevpeb_kvm_apply_memory_attributes(t) after the load
+ * Seed sequence:
+ *   sevpeb_kvm_bind(t, vm_fd, SEVPEB_KVM_SEED_V6 or _V7_V9);
+ *   source: sevpeb_kvm_sync_from_kernel(t) before every save_iterate / save_complete;
+ *   destination: sevpeb_kvm_push_to_kernel(t) after the load returned 1;
+ *   cold reset: sevpeb_reset(t) and sevpeb_kvm_reset_kernel(t).
+ *
+ * Threading: the exit handlers (sevpeb_kvm_handle_hypercall,
+ * sevpeb_kvm_handle_msr_exit) and sevpeb_kvm_msr_filter_range use no KVM
+ * state and may run on any number of vCPU threads at once, like
+ * sevpeb_map_gpa_range. sevpeb_kvm_cpuid_features and sevpeb_kvm_may_migrate
+ * read atomics and may run any time. Every other sevpeb_kvm_* call takes the
+ * binding's mutex (calls serialize; they may run while vCPUs run, except
+ * where noted). Errors are negative errnos with a sevpeb_last_error() text
+ * naming the ioctl and errno; none of these calls aborts the process.
+ * Common errnos: -EINVAL (t NULL, bad argument), -EBADF (no VM fd bound, or
+ * the fd is not open), -EOPNOTSUPP (the call does not exist in the bound
+ * dialect, or the kernel lacks the capability), and any errno the ioctl
+ * returned (-ENOTTY: not a KVM VM fd / kernel without the ioctl; -EFAULT;
+ * -ENOMEM).
+ */
+
+struct kvm_run;              /* <linux/kvm.h>: the vCPU's mmap'ed run struct */
+struct kvm_msr_filter_range; /* <linux/kvm.h> */
+
+#define SEVPEB_KVM_UPSTREAM    0u
+#define SEVPEB_KVM_SEED_V6     6u
+#define SEVPEB_KVM_SEED_V7_V9  7u
+
+/**
+ * Bind t to the VMM's VM fd in dialect. Upstream: one
+ * KVM_CHECK_EXTENSION(KVM_CAP_EXIT_HYPERCALL) checks the fd is a KVM fd.
+ * Seed dialects: no ioctl (they have nothing to probe).
+ * Returns 0; -EBADF (vm_fd < 0 or closed); -ENOTTY (not a KVM fd); -EBUSY
+ * (already bound; sevpeb_kvm_unbind first); -EINVAL (t NULL, unknown dialect).
+ */
+SEVPEB_API int sevpeb_kvm_bind(sevpeb_tracker *t, int vm_fd, uint32_t dialect);
+
+/**
+ * Forget the VM fd (not closed) and what was set up on it (KVM keeps it).
+ * Returns 0 or -EINVAL.
+ */
+SEVPEB_API int sevpeb_kvm_unbind(sevpeb_tracker *t);
+
+/* --- Upstream: KVM_HC_MAP_GPA_RANGE exits ------------------------------- */
+
+/** KVM_CAP_EXIT_HYPERCALL and the bit for KVM_HC_MAP_GPA_RANGE (domain.md section 3.2). */
+#define SEVPEB_KVM_CAP_EXIT_HYPERCALL   201u
+#define SEVPEB_KVM_EXIT_HYPERCALL_MASK  (1ull << SEVPEB_KVM_HC_MAP_GPA_RANGE)
+
+/**
+ * Make the guest's KVM_HC_MAP_GPA_RANGE exit to the VMM: checks that
+ * KVM_CHECK_EXTENSION(KVM_CAP_EXIT_HYPERCALL) reports bit 12, then
+ * KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL, 1 << 12) (a subset of the reported
+ * mask, as api.rst 8.33 requires). Idempotent. Overwrites the VM's
+ * hypercall-exit mask (today bit 12 is the only valid bit).
+ * Returns 0; -EOPNOTSUPP (the kernel's mask lacks bit 12: Linux < 5.14; or a
+ * seed dialect); -EBADF; -EINVAL; or the ioctl's errno.
+ */
+SEVPEB_API int sevpeb_kvm_enable_hypercall_exit(sevpeb_tracker *t);
+
+/**
+ * Handle a KVM_EXIT_HYPERCALL from run (the vCPU's struct kvm_run).
+ * For nr == KVM_HC_MAP_GPA_RANGE (12) the arguments are decoded strictly as
+ * sevpeb_map_gpa_range does, the tracker updated, and run->hypercall.ret is
+ * ALWAYS written: 0, or -KVM_EINVAL (-22) with nothing changed (the reason in
+ * sevpeb_last_error()). Other exit reasons and hypercall numbers are left to
+ * the VMM and run is not touched.
+ * The VMM must KVM_RUN the vCPU again before saving its state ("KVM_EXIT_
+ * HYPERCALL requires userspace to do KVM_RUN before state save/restore, so
+ * that KVM can skip the hypercall instruction", kernel documentation,
+ * January 2025); otherwise the restored guest repeats the hypercall.
+ * Returns 1 (handled, ret written), 0 (not ours), -EINVAL (t or run NULL).
+ * Thread-safe (vCPU threads); no KVM ioctl; bound or not.
+ */
+SEVPEB_API int sevpeb_kvm_handle_hypercall(sevpeb_tracker *t, struct kvm_run *run);
+
+/* --- Upstream: MSR_KVM_MIGRATION_CONTROL --------------------------------- */
+
+/** Flag for sevpeb_kvm_install_msr_filter: the VMM keeps its own filter. */
+#define SEVPEB_KVM_MSR_FILTER_BY_VMM 1u
+
+/**
+ * Route guest RDMSR/WRMSR of MSR_KVM_MIGRATION_CONTROL (0x4b564d08) to the
+ * VMM. flags 0: KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR,
+ * KVM_MSR_EXIT_REASON_FILTER) then KVM_X86_SET_MSR_FILTER with a default-allow
+ * filter of one range that denies only this MSR. This REPLACES any MSR filter
+ * and user-space-MSR mask the VM had: a VMM with its own filter passes
+ * SEVPEB_KVM_MSR_FILTER_BY_VMM instead, adds sevpeb_kvm_msr_filter_range() to
+ * its filter (and enables KVM_MSR_EXIT_REASON_FILTER itself); no ioctl is
+ * issued then, the call only records that exits will arrive.
+ * Returns 0; -EOPNOTSUPP (kernel without KVM_CAP_X86_USER_SPACE_MSR or
+ * KVM_CAP_X86_MSR_FILTER, Linux < 5.10; or a seed dialect); -EBADF;
+ * -EINVAL (flags); or the ioctl's errno.
+ */
+SEVPEB_API int sevpeb_kvm_install_msr_filter(sevpeb_tracker *t, uint32_t flags);
+
+/**
+ * Fill *range for a VMM-owned MSR filter: flags KVM_MSR_FILTER_READ |
+ * KVM_MSR_FILTER_WRITE, nmsrs 1, base MSR_KVM_MIGRATION_CONTROL, bitmap =
+ * bitmap with *bitmap = 0 (denied, so the access exits with
+ * KVM_MSR_EXIT_REASON_FILTER). *bitmap must stay valid until the VMM's
+ * KVM_X86_SET_MSR_FILTER call returns.
+ * Returns 0 or -EINVAL (a NULL pointer). Thread-safe; no ioctl.
+ */
+SEVPEB_API int sevpeb_kvm_msr_filter_range(struct kvm_msr_filter_range *range, uint8_t *bitmap);
+
+/**
+ * Handle a KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR for
+ * MSR_KVM_MIGRATION_CONTROL: RDMSR sets run->msr.data to the recorded value;
+ * WRMSR records run->msr.data (as sevpeb_set_migration_control). run->msr.error
+ * is set to 0, or 1 (KVM injects #GP) for a WRMSR with reserved bits, which
+ * changes nothing. Other exits and MSR indexes are left to the VMM, run
+ * untouched. The value is one per VM and travels in the migration stream.
+ * Returns 1 (handled), 0 (not ours), -EINVAL (t or run NULL).
+ * Thread-safe (vCPU threads); no KVM ioctl; bound or not.
+ */
+SEVPEB_API int sevpeb_kvm_handle_msr_exit(sevpeb_tracker *t, struct kvm_run *run);
+
+/** CPUID leaf and EAX bits (arch/x86/include/uapi/asm/kvm_para.h). */
+#define SEVPEB_KVM_CPUID_FEATURES            0x40000001u
+#define SEVPEB_KVM_FEATURE_HC_MAP_GPA_RANGE  16
+#define SEVPEB_KVM_FEATURE_MIGRATION_CONTROL 17
+
+/**
+ * The CPUID 0x40000001 EAX bits the VMM may advertise now, into *eax:
+ * 1 << KVM_FEATURE_HC_MAP_GPA_RANGE once sevpeb_kvm_enable_hypercall_exit
+ * succeeded ("Userspace must enable that capability before advertising
+ * KVM_FEATURE_HC_MAP_GPA_RANGE", hypercalls.rst); in addition
+ * 1 << KVM_FEATURE_MIGRATION_CONTROL once the MSR exits are routed
+ * (sevpeb_kvm_install_msr_filter). A Linux guest that sees
+ * MIGRATION_CONTROL starts issuing MAP_GPA_RANGE, so it is never offered
+ * without the exit. 0 when unbound or bound to a seed dialect (those kernels
+ * set their own bits; v9/v10 used bit 16 for their own feature).
+ * Returns 0 or -EINVAL. Thread-safe.
+ */
+SEVPEB_API int sevpeb_kvm_cpuid_features(sevpeb_tracker *t, uint32_t *eax);
+
+/**
+ * May an outgoing migration start now, as far as KVM is concerned? Upstream:
+ * the hypercall exit is enabled, the MSR exits are routed, and the guest has
+ * set KVM_MIGRATION_READY; then sevpeb_may_migrate's own check. Seed
+ * dialects: the kernel keeps the bitmap, so only sevpeb_may_migrate's check.
+ * Returns 1 (yes), 0 (no; the reason is this thread's sevpeb_last_error(),
+ * e.g. "guest has not declared itself migration-ready ..."), -EINVAL.
+ * Thread-safe.
+ */
+SEVPEB_API int sevpeb_kvm_may_migrate(sevpeb_tracker *t);
+
+/* --- Upstream: guest_memfd VMs ------------------------------------------ */
+
+/**
+ * Apply the tracker's state to the VM's memory attributes (destination, after
+ * the load returned 1, vCPUs stopped): KVM_CHECK_EXTENSION(
+ * KVM_CAP_MEMORY_ATTRIBUTES) must report KVM_MEMORY_ATTRIBUTE_PRIVATE, then
+ * one KVM_SET_MEMORY_ATTRIBUTES per maximal run within each stretch of
+ * touching slots (private runs PRIVATE, shared runs 0; a stretch without
+ * shared pages is one ioctl). GFNs outside the slots are left alone.
+ * Returns the number of ioctls issued (>= 0); -EOPNOTSUPP (no PRIVATE
+ * attribute: not a guest_memfd VM type or Linux < 6.8; or a seed dialect);
+ * -EBADF; -EINVAL; or the ioctl's errno (runs before it were applied).
+ */
+SEVPEB_API int sevpeb_kvm_apply_memory_attributes(sevpeb_tracker *t);
+
+/* --- Seed dialects: the kernel's bitmap ---------------------------------- */
+/*
+ * Steve Rutherford's API (2020-04-10) on either seed dialect: GET of any
+ * range, one "set exact / reset" call, the kernel's size, and the opt-in
+ * (sevpeb_kvm_bind). sevpeb hides each dialect's quirks: v6 SET can only
+ * clear bits and is only right from GFN 0, so sevpeb composes the bitmap
+ * from a GET and SETs from GFN 0, RESETting first when a bit must become
+ * private; v7..v9 SET writes whole 64-bit words at start_gfn & ~63, so sevpeb
+ * widens to 64-aligned words after GETting the edge words, leaving the
+ * neighbours as they were. GETs and v7..v9 SETs go in pieces of 2^21 pages.
+ * Writes read-modify-write the kernel's bitmap: call them with the vCPUs
+ * stopped. On an upstream binding the sync calls below return 0 and do
+ * nothing; the kernel_* calls return -EOPNOTSUPP.
+ */
+
+/**
+ * Copy [gfn, gfn + npages) of the KERNEL's bitmap into dst (layout of
+ * sevpeb_get_bitmap: bit i = gfn + i, 1 = private; pages beyond the kernel's
+ * bitmap read 1; bits of the last byte above npages kept). Any gfn.
+ * Returns 0; -EINVAL (dst NULL, npages 0); -ENOSPC (dst_len <
+ * (npages + 7) / 8); -ERANGE (beyond SEVPEB_GFN_LIMIT); -EOPNOTSUPP; -EBADF;
+ * or the ioctl's errno. Safe while vCPUs run.
+ */
+SEVPEB_API int sevpeb_kvm_kernel_get_bitmap(sevpeb_tracker *t, uint64_t gfn, uint64_t npages,
+                                            uint8_t *dst, size_t dst_len);
+
+/**
+ * Set [gfn, gfn + npages) of the KERNEL's bitmap to exactly src (layout of
+ * sevpeb_set_bitmap); src NULL makes the range private. Kernel bits outside
+ * the range keep their values (v6: up to max(layout end, gfn + npages, what
+ * sevpeb wrote before); v6 has no size query, so shared marks the guest made
+ * above that are lost when a RESET is needed). The tracker is not changed.
+ * Returns 0; -EINVAL; -ENOSPC (src_len); -ERANGE; -ENOMEM; -EOPNOTSUPP;
+ * -EBADF; or the ioctl's errno. vCPUs stopped.
+ */
+SEVPEB_API int sevpeb_kvm_kernel_set_bitmap(sevpeb_tracker *t, uint64_t gfn, uint64_t npages,
+                                            const uint8_t *src, size_t src_len);
+
+/**
+ * The kernel bitmap's size in pages into *npages: v7..v9 size it to the
+ * highest memslot end at KVM_SET_USER_MEMORY_REGION, reported here as the
+ * tracker layout's end (mirror the memslots in the layout); v6 grows it
+ * lazily with every hypercall and SET, so this is what sevpeb itself has
+ * made it cover (0 before the first push / set).
+ * Returns 0; -EOPNOTSUPP (upstream); -EBADF; -EINVAL.
+ */
+SEVPEB_API int sevpeb_kvm_kernel_bitmap_size(sevpeb_tracker *t, uint64_t *npages);
+
+/**
+ * Source sync point: pull the kernel's bits for every slot of the layout
+ * into the tracker (GET per slot stretch, then the same update as
+ * sevpeb_set_bitmap, so the change callback sees what changed). Call before
+ * each sevpeb_save_setup / save_iterate and before save_complete.
+ * Returns 1 (tracker changed), 0 (unchanged, or upstream), or a negative
+ * errno. Safe while vCPUs run.
+ */
+SEVPEB_API int sevpeb_kvm_sync_from_kernel(sevpeb_tracker *t);
+
+/**
+ * Destination sync point: make the kernel's bitmap equal the tracker for
+ * every slot (after sevpeb_load_state returned 1). Upstream: returns 0 and
+ * does nothing (guest_memfd: sevpeb_kvm_apply_memory_attributes).
+ * Returns 0 or a negative errno. vCPUs stopped.
+ */
+SEVPEB_API int sevpeb_kvm_push_to_kernel(sevpeb_tracker *t);
+
+/**
+ * Reboot sync point: make the whole kernel bitmap private (v6
+ * KVM_PAGE_ENC_BITMAP_RESET; v7..v9 SET with a NULL bitmap). Upstream:
+ * returns 0 and does nothing. The tracker is not changed: call sevpeb_reset
+ * too. Returns 0 or a negative errno.
+ */
+SEVPEB_API int sevpeb_kvm_reset_kernel(sevpeb_tracker *t);
+
 #ifdef __cplusplus
 }
 #endif

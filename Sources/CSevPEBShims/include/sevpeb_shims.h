@@ -56,4 +56,74 @@ static inline size_t sevpeb_shim_mutex_size(void) { return sizeof(pthread_mutex_
 #define SEVPEB_SHIM_ERRBUF 512
 char *spbshim_errbuf(void);
 
+
+/* ------------------------------------------------------------------------ */
+/* KVM layer (Sources/SevPEB/KVM). Structs and constants the Debian 6.1      */
+/* linux-libc-dev headers lack are defined here under sevpeb names, each    */
+/* citing /work/shared/research/domain.md; everything else comes from the   */
+/* system's <linux/kvm.h>. The ioctl numbers themselves are computed in     */
+/* Swift (KVM/IoctlNumbers.swift); the sevpeb_shim_sys_* functions below    */
+/* only expose the system header's own macros so a test can compare.        */
+/* ------------------------------------------------------------------------ */
+#include <linux/kvm.h>
+
+/*
+ * Seed dialect argument (domain.md §2.1; v6 09/14, unchanged through v9):
+ * 24 bytes on 32- and 64-bit userspace. bit i of enc_bitmap = gfn
+ * start_gfn + i, 1 = encrypted. Never merged, so no system header has it.
+ */
+struct sevpeb_kvm_page_enc_bitmap {
+    __u64 start_gfn;
+    __u64 num_pages;
+    union {
+        void *enc_bitmap; /* one bit per page */
+        __u64 padding2;
+    };
+};
+
+/*
+ * Per-page memory attributes (Linux 6.8, commit 8e9009ca6d14; domain.md
+ * §3.6): KVM_SET_MEMORY_ATTRIBUTES _IOW(KVMIO, 0xd2, this) = 0x4020AED2.
+ */
+struct sevpeb_kvm_memory_attributes {
+    __u64 address;
+    __u64 size;
+    __u64 attributes;
+    __u64 flags;
+};
+#define SEVPEB_KVM_CAP_MEMORY_ATTRIBUTES    233          /* domain.md §3.6 */
+#define SEVPEB_KVM_MEMORY_ATTRIBUTE_PRIVATE (1ULL << 3)  /* domain.md §3.6 */
+
+/* ioctl with no argument (_IO requests); returns the result or -errno. */
+static inline int sevpeb_shim_ioctl_none(int fd, unsigned long req)
+{
+    int r = ioctl(fd, req, 0);
+    return r < 0 ? -errno : r;
+}
+
+/* The system header's values, for the pinning tests only. */
+static inline unsigned long sevpeb_shim_sys_KVM_CHECK_EXTENSION(void) { return KVM_CHECK_EXTENSION; }
+static inline unsigned long sevpeb_shim_sys_KVM_ENABLE_CAP(void) { return KVM_ENABLE_CAP; }
+static inline unsigned long sevpeb_shim_sys_KVM_X86_SET_MSR_FILTER(void) { return KVM_X86_SET_MSR_FILTER; }
+static inline unsigned long sevpeb_shim_sys_KVM_RESET_DIRTY_RINGS(void) { return KVM_RESET_DIRTY_RINGS; }
+static inline unsigned long sevpeb_shim_sys_KVM_S390_PV_COMMAND(void) { return KVM_S390_PV_COMMAND; }
+static inline unsigned long sevpeb_shim_sys_KVM_SET_USER_MEMORY_REGION(void) { return KVM_SET_USER_MEMORY_REGION; }
+static inline unsigned long sevpeb_shim_sys_KVM_CREATE_VM(void) { return KVM_CREATE_VM; }
+static inline unsigned long sevpeb_shim_sys_KVM_CREATE_VCPU(void) { return KVM_CREATE_VCPU; }
+static inline unsigned long sevpeb_shim_sys_KVM_GET_VCPU_MMAP_SIZE(void) { return KVM_GET_VCPU_MMAP_SIZE; }
+
+/*
+ * Field access into the VMM's struct kvm_run (layout from <linux/kvm.h>),
+ * without copying the 2 KiB+ struct or its unions through Swift.
+ */
+static inline __u32 *sevpeb_shim_run_exit_reason(struct kvm_run *r) { return &r->exit_reason; }
+static inline __u64 *sevpeb_shim_run_hypercall_nr(struct kvm_run *r) { return &r->hypercall.nr; }
+static inline __u64 *sevpeb_shim_run_hypercall_args(struct kvm_run *r) { return r->hypercall.args; }
+static inline __u64 *sevpeb_shim_run_hypercall_ret(struct kvm_run *r) { return &r->hypercall.ret; }
+static inline __u8 *sevpeb_shim_run_msr_error(struct kvm_run *r) { return &r->msr.error; }
+static inline __u32 *sevpeb_shim_run_msr_reason(struct kvm_run *r) { return &r->msr.reason; }
+static inline __u32 *sevpeb_shim_run_msr_index(struct kvm_run *r) { return &r->msr.index; }
+static inline __u64 *sevpeb_shim_run_msr_data(struct kvm_run *r) { return &r->msr.data; }
+static inline size_t sevpeb_shim_kvm_run_size(void) { return sizeof(struct kvm_run); }
+
 #endif /* SEVPEB_SHIMS_H */

@@ -1,15 +1,19 @@
 import CSevPEB
 import CSevPEBShims
 
-/// What a `sevpeb_tracker *` points at: the tracker and its two migration
-/// sessions. Kept alive by an unmanaged retain from create to destroy.
+/// What a `sevpeb_tracker *` points at: the tracker, its two migration
+/// sessions and its KVM binding. Kept alive by an unmanaged retain from
+/// create to destroy.
 final class Handle {
     let tracker: Tracker
     let save: SaveSession
     let load: LoadSession
-    private init(_ t: Tracker, _ s: SaveSession, _ l: LoadSession) { tracker = t; save = s; load = l }
+    let kvm: KVMBinding
+    private init(_ t: Tracker, _ s: SaveSession, _ l: LoadSession, _ k: KVMBinding) {
+        tracker = t; save = s; load = l; kvm = k
+    }
     static func create() throws(SevError) -> Handle {
-        Handle(try Tracker.create(), try SaveSession.create(), try LoadSession.create())
+        Handle(try Tracker.create(), try SaveSession.create(), try LoadSession.create(), try KVMBinding.create())
     }
 }
 

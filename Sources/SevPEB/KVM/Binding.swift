@@ -1,0 +1,146 @@
+import CSevPEBShims
+import Synchronization
+
+/// Which kernel ABI a VM fd speaks for page-encryption state. The VMM picks
+/// it; sevpeb never guesses and never probes the seed numbers (domain.md
+/// §3.8: they now belong to other upstream ioctls).
+public enum KVMDialect: UInt32 {
+    /// Merged Linux (5.14+): the guest's KVM_HC_MAP_GPA_RANGE reaches the VMM
+    /// as KVM_EXIT_HYPERCALL, readiness is MSR_KVM_MIGRATION_CONTROL through
+    /// an MSR filter, guest_memfd VMs take KVM_SET_MEMORY_ATTRIBUTES. The
+    /// kernel keeps no bitmap; the tracker is the truth.
+    case upstream = 0
+    /// Out-of-tree v6 (March 2020): the kernel keeps the bitmap; GET 0xc5,
+    /// SET 0xc6 (clears bits only), RESET 0xc7 (domain.md §2.1, §2.5).
+    case seedV6 = 6
+    /// Out-of-tree v7-v9 (April-December 2020): GET 0xc6, SET 0xc7 writes
+    /// exact values in whole 64-bit words, SET with a NULL bitmap resets.
+    case seedV7to9 = 7
+
+    var name: String {
+        switch self {
+        case .upstream: return "upstream"
+        case .seedV6: return "seed v6"
+        case .seedV7to9: return "seed v7-v9"
+        }
+    }
+}
+
+/// The KVM side of one tracker: which VM fd it is bound to, in which
+/// dialect, and what has been set up on it.
+///
+/// Thread safety: control-plane calls (bind, enable, install, sync, push,
+/// reset, apply) serialize on one mutex, so e.g. a v6 reset-then-clear is
+/// never interleaved with another push. The exit handlers
+/// (`handleHypercall`, `handleMSRExit`) do not touch the binding at all and
+/// the status queries read atomics, so vCPU threads never wait for a sync.
+public final class KVMBinding {
+    let lock: UnsafeMutablePointer<pthread_mutex_t>
+    let fdValue = Atomic<Int32>(-1)
+    let dialectValue = Atomic<UInt32>(0)
+    let stateBits = Atomic<UInt32>(0)
+    /// v6: the highest GFN end this library has written through SET, so the
+    /// kernel's lazily grown bitmap is known to cover at least this.
+    var v6Covered: UInt64 = 0
+
+    struct State: OptionSet {
+        let rawValue: UInt32
+        static let bound = State(rawValue: 1)
+        static let hypercallExit = State(rawValue: 2)
+        static let msrFilterInstalled = State(rawValue: 4)
+        static let msrFilterByVMM = State(rawValue: 8)
+    }
+
+    private init(_ m: UnsafeMutablePointer<pthread_mutex_t>) { lock = m }
+    deinit { sevpeb_shim_mutex_free(lock) }
+
+    /// A binding to nothing. (A factory: Embedded Swift 6.3 leaks objects
+    /// whose throwing init fails.)
+    public static func create() throws(SevError) -> KVMBinding {
+        guard let m = sevpeb_shim_mutex_new() else { throw .noMemory("KVM binding mutex") }
+        return KVMBinding(m)
+    }
+
+    @inline(__always) func locked<R>(_ body: () throws(SevError) -> R) throws(SevError) -> R {
+        sevpeb_shim_mutex_lock(lock)
+        defer { sevpeb_shim_mutex_unlock(lock) }
+        return try body()
+    }
+
+    var state: State { State(rawValue: stateBits.load(ordering: .acquiring)) }
+    func insert(_ s: State) { _ = stateBits.bitwiseOr(s.rawValue, ordering: .acquiringAndReleasing) }
+
+    /// The bound VM fd and dialect, or nil.
+    public var binding: (fd: VMFD, dialect: KVMDialect)? {
+        guard state.contains(.bound) else { return nil }
+        return (VMFD(rawValue: fdValue.load(ordering: .acquiring)),
+                KVMDialect(rawValue: dialectValue.load(ordering: .acquiring)) ?? .upstream)
+    }
+
+    /// The binding, or EBADF naming what the caller tried to do.
+    func require(_ what: String) throws(SevError) -> (fd: VMFD, dialect: KVMDialect) {
+        guard let b = binding else { throw SevError(EBADF, "\(what): no VM fd bound (call sevpeb_kvm_bind first)") }
+        return b
+    }
+
+    /// Bind to the VMM's VM fd in `dialect`.
+    ///
+    /// Upstream: probes KVM_CHECK_EXTENSION(KVM_CAP_EXIT_HYPERCALL) once, which
+    /// also proves the fd is a KVM fd (ENOTTY otherwise). Seed dialects issue
+    /// no ioctl here: they have no capability to probe, and probing their
+    /// numbers would run other upstream ioctls.
+    /// - Throws: EBADF (fd < 0 or not open), ENOTTY (not a KVM fd), EBUSY
+    ///   (already bound; unbind first), EINVAL (unknown dialect).
+    public func bind(fd: VMFD, dialect: KVMDialect) throws(SevError) {
+        try locked { () throws(SevError) in
+            if state.contains(.bound) {
+                throw SevError(EBUSY, "already bound to VM fd \(fdValue.load(ordering: .relaxed)); call sevpeb_kvm_unbind first")
+            }
+            if fd.rawValue < 0 { throw SevError(EBADF, "VM fd \(fd.rawValue) is negative") }
+            if dialect == .upstream {
+                do throws(Errno) { _ = try fd.checkExtension(.exitHypercall) } catch {
+                    throw kvmError(error, "KVM_CHECK_EXTENSION(KVM_CAP_EXIT_HYPERCALL) on fd \(fd.rawValue)")
+                }
+            }
+            fdValue.store(fd.rawValue, ordering: .releasing)
+            dialectValue.store(dialect.rawValue, ordering: .releasing)
+            v6Covered = 0
+            stateBits.store(State.bound.rawValue, ordering: .releasing)
+        }
+    }
+
+    /// Forget the VM fd (not closed: the VMM owns it) and what was set up on
+    /// it. KVM keeps whatever was enabled; the CPUID answer becomes 0.
+    public func unbind() {
+        sevpeb_shim_mutex_lock(lock)
+        stateBits.store(0, ordering: .releasing)
+        fdValue.store(-1, ordering: .releasing)
+        dialectValue.store(0, ordering: .releasing)
+        v6Covered = 0
+        sevpeb_shim_mutex_unlock(lock)
+    }
+}
+
+/// An ioctl failure as a SevError naming the call: "<what>: errno 22 (EINVAL)".
+func kvmError(_ e: Errno, _ what: String) -> SevError {
+    SevError(e.rawValue, "\(what) failed: errno \(e.rawValue) (\(errnoName(e.rawValue)))")
+}
+
+func errnoName(_ e: Int32) -> String {
+    switch e {
+    case EBADF: return "EBADF"
+    case EINVAL: return "EINVAL"
+    case ENOTTY: return "ENOTTY"
+    case EFAULT: return "EFAULT"
+    case ENOMEM: return "ENOMEM"
+    case EPERM: return "EPERM"
+    case EBUSY: return "EBUSY"
+    case EOPNOTSUPP: return "EOPNOTSUPP"
+    case ENOSYS: return "ENOSYS"
+    case EAGAIN: return "EAGAIN"
+    case EINTR: return "EINTR"
+    case ENXIO: return "ENXIO"
+    case EIO: return "EIO"
+    default: return "?"
+    }
+}
