@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--dirty-mb", type=int, default=8, help="MiB the guest rewrites per second")
     ap.add_argument("--churn-rate", type=float, default=400, help="max x-sev-page-enc-bitmap-set calls/s")
     ap.add_argument("--storm-calls", type=int, default=None, help="boot-storm calls (quick 2000, full 19000)")
-    ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits,truncate; full magic,bits,final,truncate)")
+    ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits-fixed,truncate; full magic,bits,bits-fixed,final,truncate)")
     ap.add_argument("--mig-timeout", type=float, default=120, help="per-migration time bound, s")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--allow-stock", action="store_true",
@@ -75,7 +75,8 @@ def main():
     args.count = args.count or (10 if full else 2)
     args.peer_count = args.peer_count or (5 if full else 3)
     args.storm_calls = args.storm_calls if args.storm_calls is not None else (19000 if full else 2000)
-    modes = (args.corrupt_modes or ("magic,bits,final,truncate" if full or args.only else "bits,truncate")).split(",")
+    modes = (args.corrupt_modes or ("magic,bits,bits-fixed,final,truncate" if full or args.only
+                                    else "bits-fixed,truncate")).split(",")
     todo = ALL if full else (args.only.split(",") if args.only else QUICK)
     bad = [s for s in todo if s not in ALL]
     if bad:

@@ -93,12 +93,14 @@ class Churn:
     Patterns (mixed by `plan`):
       storm      OVMF-like boot storm: many small (1-4 page) allocate/free pairs
                  (shared then private again), some left shared.
-      bounce     a large contiguous shared range (bounce buffers / SWIOTLB), moved
-                 and partly re-flipped from time to time.
+      bounce     a large contiguous shared range (bounce buffers / SWIOTLB, 8 or 16 MiB),
+                 moved every bounce_period seconds and partly re-flipped (1-64 pages)
+                 by 5% of the calls. Every changed page is also re-sent as RAM (the
+                 change callback dirties it), so moves are kept rare on purpose.
       scattered  single pages flipped at random.
     """
 
-    def __init__(self, model, slots, *, rate=500, seed=1, storm_calls=0, region=None):
+    def __init__(self, model, slots, *, rate=500, seed=1, storm_calls=0, region=None, bounce_period=3.0):
         self.model = model
         self.slots = [(s["base-gfn"], s["npages"]) for s in slots] if slots and isinstance(slots[0], dict) else slots
         self.rate = rate
@@ -109,6 +111,8 @@ class Churn:
         self.errors = []
         self.counts = {"storm": 0, "bounce": 0, "scattered": 0}
         self.bounce = None            # (gfn, npages) currently shared as bounce buffer
+        self.bounce_period = bounce_period   # s between moves of the bounce buffer
+        self._bounce_t = 0.0
         self._pending_free = []
         self._thread = None
         self._stop = threading.Event()
@@ -157,12 +161,13 @@ class Churn:
                     self._pending_free.append(rr)
                 return ok
             return False
-        if r < 0.08 or self.bounce is None:
+        now = time.monotonic()
+        if self.bounce is None or now - self._bounce_t >= self.bounce_period:
             return self.move_bounce()
-        if r < 0.25 and self.bounce:
-            # re-flip a sub-range of the bounce buffer (driver remaps part of it)
+        if r < 0.05:
+            # the driver remaps part of its bounce buffer (1-64 pages)
             g, n = self.bounce
-            k = self.rng.randrange(1, min(n, 256) + 1)
+            k = self.rng.randrange(1, 65)
             off = self.rng.randrange(0, n - k + 1)
             return self._set(g + off, k, self.rng.random() < 0.7, "bounce")
         rr = self._rand_range(1)
@@ -181,6 +186,7 @@ class Churn:
         rr = self._rand_range(npages)
         if not rr:
             return False
+        self._bounce_t = time.monotonic()
         if self._set(rr[0], rr[1], True, "bounce"):
             self.bounce = rr
             return True

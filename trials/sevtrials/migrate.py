@@ -120,6 +120,9 @@ def compare_state(src, dst, model=None):
     problems = []
     qs, qd = src.peb_query(), dst.peb_query()
     rs, rd = normalize(qs["shared-ranges"]), normalize(qd["shared-ranges"])
+    for name, q in (("source", qs), ("destination", qd)):
+        if q.get("shared-ranges-truncated"):
+            problems.append(f"{name}: shared-ranges truncated (raise max-ranges)")
     for k in ("digest", "total-pages", "shared-pages", "migration-control"):
         if qs.get(k) != qd.get(k):
             problems.append(f"{k}: source {qs.get(k)} != destination {qd.get(k)}")

@@ -15,8 +15,11 @@ Modes:
   none      pass everything through, only log the sections found
   magic     flip one byte of the HEADER magic in the START payload
   bits      flip one page-state bit in the first state record of the START payload
-            (BITS: bit 0 of the bitmap; FILL: the state byte; RUNS: low bit of the first run length)
-  final     flip one byte of the FINAL record's digest in the END payload
+            (BITS: bit 0 of the bitmap; FILL: the state byte; RUNS: low bit of the first run
+            length); the END_OF_PAYLOAD check then no longer matches
+  bits-fixed  the same flip, with the END_OF_PAYLOAD check recomputed, so only the FINAL
+            digest / page counts can catch it
+  final     flip one byte of the FINAL record's digest in the END payload (check recomputed)
   truncate  forward the START section only up to the middle of its payload, then close
 """
 import argparse
@@ -27,12 +30,21 @@ import sys
 import threading
 import time
 
+try:
+    from sevtrials.xxh64 import xxh64
+except ImportError:                     # run as a script: sevtrials/ is our directory
+    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
+    from sevtrials.xxh64 import xxh64
+
 IDSTR = b"sev-page-enc-bitmap"
 START_TAIL = bytes([len(IDSTR)]) + IDSTR
 FOOTER = 0x7E
 SECTION_NAMES = {1: "START", 2: "PART", 3: "END", 4: "FULL"}
 REC = {0x01: "HEADER", 0x02: "LAYOUT", 0x03: "CONTROL", 0x10: "FILL", 0x11: "BITS", 0x12: "RUNS",
        0x20: "FINAL", 0xFF: "END_OF_PAYLOAD"}
+
+
+MODES = ["none", "magic", "bits", "bits-fixed", "final", "truncate"]
 
 
 class NeedMore(Exception):
@@ -43,9 +55,11 @@ class Invalid(Exception):
     pass
 
 
-def parse_payload(buf, off):
-    """Parse records from buf[off:]. Returns (end_offset_after_0xFF, [(type, rec_off, rec_len)]).
-    Raises NeedMore if buf ends first, Invalid if it is not a sevpeb payload."""
+def parse_payload(buf, off, check=True):
+    """Parse records from buf[off:] through END_OF_PAYLOAD (type 0xFF + be32 low half of
+    XXH64 over the payload up to and including the 0xFF). Returns (end offset,
+    [(type, rec_off, rec_len)]). Raises NeedMore if buf ends first, Invalid if it is
+    not a sevpeb payload (with check, a wrong END_OF_PAYLOAD check is Invalid too)."""
     recs = []
     p = off
 
@@ -57,8 +71,13 @@ def parse_payload(buf, off):
         need(1)
         t = buf[p]
         if t == 0xFF:
-            recs.append((t, p, 1))
-            return p + 1, recs
+            need(5)
+            want = xxh64(bytes(buf[off:p + 1])) & 0xFFFFFFFF
+            got = struct.unpack_from(">I", buf, p + 1)[0]
+            if check and got != want:
+                raise Invalid(f"END_OF_PAYLOAD check {got:#x} != {want:#x}")
+            recs.append((t, p, 5))
+            return p + 5, recs
         if t == 0x01:
             n = 9
         elif t == 0x02:
@@ -120,27 +139,33 @@ class Relay:
         self.done_corrupt = True
         self.log(ev="corrupt", what=what, stream_off=self.base + idx, old=old, new=self.buf[idx])
 
+    def fix_check(self, p0, recs, what):
+        """Recompute the END_OF_PAYLOAD check after a flip, so the corruption gets past it."""
+        t, off, n = recs[-1]
+        want = xxh64(bytes(self.buf[p0:off + 1])) & 0xFFFFFFFF
+        struct.pack_into(">I", self.buf, off + 1, want)
+        self.log(ev="fixed-check", what=what, stream_off=self.base + off + 1, value=want)
+
     def scan(self, final=False):
-        """Process buf; return the number of leading bytes that may be forwarded now."""
+        """Look at buf (maybe corrupting it); return how many leading bytes may be forwarded now."""
         b = self.buf
-        while True:
-            if self.state == "seek-start":
-                i = b.find(START_TAIL)
+        pos = 0
+        if self.state == "seek-start":
+            while True:
+                i = b.find(START_TAIL, pos)
                 if i < 0:
-                    return max(0, len(b) - len(START_TAIL) - 5) if not final else len(b)
+                    return len(b) if final else max(pos, len(b) - len(START_TAIL) - 5)
                 k = i - 5
                 if k < 0 or b[k] != 0x01:
-                    # the idstr bytes without a START header before them: not ours
-                    self._consume(i + 1)
-                    b = self.buf
+                    pos = i + 1          # the idstr bytes without a START header before them
                     continue
                 hdr_end = i + len(START_TAIL) + 8
-                if len(b) < hdr_end:
-                    return k
                 try:
+                    if len(b) < hdr_end:
+                        raise NeedMore()
                     end, recs = parse_payload(b, hdr_end)
                 except NeedMore:
-                    return k
+                    return len(b) if final else k
                 except Invalid as e:
                     self.log(ev="error", what=f"START payload does not parse: {e}")
                     self.state = "passthrough"
@@ -149,7 +174,7 @@ class Relay:
                 inst, ver = struct.unpack_from(">II", b, i + len(START_TAIL))
                 self.log(ev="section", type="START", section_id=struct.unpack(">I", self.sid)[0],
                          instance=inst, version=ver, stream_off=self.base + k,
-                         payload_len=end - hdr_end, records=_summ(recs))
+                         payload_len=end - hdr_end, records=_summ(recs), check="ok")
                 if len(b) >= end + 5 and (b[end] != FOOTER or bytes(b[end + 1:end + 5]) != self.sid):
                     self.log(ev="note", what="no section footer after START payload")
                 self._corrupt_start(hdr_end, end, recs)
@@ -157,11 +182,12 @@ class Relay:
                 if self.cut_at is not None:
                     return self.cut_at - self.base
                 return end
-            if self.state == "seek-part":
-                sid = self.sid
-                cands = [x for x in (b.find(b"\x02" + sid), b.find(b"\x03" + sid)) if x >= 0]
+        if self.state == "seek-part":
+            sid = self.sid
+            while True:
+                cands = [x for x in (b.find(b"\x02" + sid, pos), b.find(b"\x03" + sid, pos)) if x >= 0]
                 if not cands:
-                    return max(0, len(b) - 5) if not final else len(b)
+                    return len(b) if final else max(pos, len(b) - 5)
                 k = min(cands)
                 try:
                     end, recs = parse_payload(b, k + 5)
@@ -170,34 +196,25 @@ class Relay:
                     if b[end] != FOOTER or bytes(b[end + 1:end + 5]) != sid:
                         raise Invalid("no footer")
                 except NeedMore:
-                    if final:
-                        return len(b)
-                    if len(b) - k > 1 << 20:      # a real payload of ours is never this long unparsed
-                        return k + 1
+                    if final or len(b) - k > 1 << 20:   # a payload of ours is never this long unparsed
+                        pos = k + 1
+                        continue
                     return k
                 except Invalid:
-                    # not our section: forward past this candidate and keep looking
-                    self._consume(k + 1)
-                    b = self.buf
+                    pos = k + 1          # not our section: keep looking
                     continue
                 typ = SECTION_NAMES[b[k]]
                 self.log(ev="section", type=typ, stream_off=self.base + k, payload_len=end - (k + 5),
-                         records=_summ(recs))
+                         records=_summ(recs), check="ok")
                 if typ == "END" and self.mode == "final" and not self.done_corrupt:
                     fin = [r for r in recs if r[0] == 0x20]
                     if fin:
                         self.flip(fin[0][1] + 1 + 7, "FINAL digest low byte")
-                n = end + 5
+                        self.fix_check(k + 5, recs, "END payload")
                 if typ == "END":
                     self.state = "passthrough"
-                return n
-            return len(b)   # passthrough
-
-    def _consume(self, n):
-        """Forward n leading bytes (used while skipping false candidates)."""
-        self.pending_out.append(bytes(self.buf[:n]))
-        del self.buf[:n]
-        self.base += n
+                return end + 5
+        return len(b)   # passthrough
 
     def _corrupt_start(self, p0, end, recs):
         m = self.mode
@@ -205,7 +222,7 @@ class Relay:
             hdr = [r for r in recs if r[0] == 0x01]
             if hdr:
                 self.flip(hdr[0][1] + 1, "HEADER magic first byte")
-        elif m == "bits":
+        elif m in ("bits", "bits-fixed"):
             # prefer BITS (one page flips), then FILL (a whole run flips), then RUNS
             by = {}
             for t, off, n in recs:
@@ -218,6 +235,9 @@ class Relay:
                 self.flip(by[0x12] + 17 + 3, "RUNS first run length low bit")
             else:
                 self.log(ev="error", what="no state record in START payload to flip")
+                return
+            if m == "bits-fixed":
+                self.fix_check(p0, recs, "START payload")
         elif m == "truncate":
             self.cut_at = self.base + p0 + max(1, (end - p0) // 2)
             self.log(ev="truncate", stream_off=self.cut_at, payload_start=self.base + p0,
@@ -243,7 +263,6 @@ def pump_up(r, src, dst):
         r.up_bytes += len(data)
         out = []
         while True:
-            r.pending_out = out
             n = r.scan(final=final)
             if r.cut_at is not None and r.base + n >= r.cut_at:
                 n = r.cut_at - r.base
@@ -311,7 +330,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
     ap.add_argument("--connect", required=True)
-    ap.add_argument("--mode", default="none", choices=["none", "magic", "bits", "final", "truncate"])
+    ap.add_argument("--mode", default="none", choices=MODES)
     ap.add_argument("--log", required=True)
     ap.add_argument("--timeout", type=float, default=300)
     a = ap.parse_args()
