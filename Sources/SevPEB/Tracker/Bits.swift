@@ -92,7 +92,9 @@ enum Bits {
     }
 
     /// Number of maximal runs of zero bits in [0, n).
-    static func zeroRuns(_ w: UnsafePointer<UInt64>, bits n: Int) -> Int {
+    /// Stops early and returns a value above `limit` once the count
+    /// exceeds it (the encoder only needs to know whether RUNS is smaller).
+    static func zeroRuns(_ w: UnsafePointer<UInt64>, bits n: Int, limit: Int = Int.max) -> Int {
         // A zero run starts at i where bit i == 0 and (i == 0 or bit i-1 == 1).
         let words = (n &+ 63) &>> 6
         var runs = 0
@@ -104,6 +106,7 @@ enum Bits {
             let zeros = ~x
             let prevOnes = (x &<< 1) | prevTop
             runs &+= (zeros & prevOnes).nonzeroBitCount
+            if runs > limit { return runs }
             prevTop = x &>> 63
             i &+= 1
         }

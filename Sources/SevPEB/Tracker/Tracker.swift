@@ -507,10 +507,9 @@ public final class Tracker {
                 if oom { return }
                 let g = group(s, c)
                 guard let u = uniformValue(g, c & 63) else { return }
-                let ones = countSourceOnes(source, Int(off), b &- a)
                 let len = Geometry.chunkLen(c, slots![s].pages)
                 let whole = a == 0 && b == len
-                let uniformNew: Bool? = ones == b &- a ? true : (ones == 0 ? false : nil)
+                let uniformNew = sourceUniform(source, Int(off), b &- a)
                 if let v = uniformNew, whole || v == u { return }
                 if !materialize(s, c) { oom = true }
             }
@@ -522,7 +521,7 @@ public final class Tracker {
                 let len = Geometry.chunkLen(c, slots![s].pages)
                 if let u = uniformValue(g, bit) {
                     // Uniform now: the new content is uniform too (pass 1).
-                    let newV = countSourceOnes(source, Int(off), b &- a) != 0
+                    let newV = sourceUniform(source, Int(off), b &- a) != false
                     if newV != u {
                         if a == 0 && b == len { setUniform(g, bit, newV) }
                         else { Bits.fill(block(g, bit), from: a, to: b, value: newV) }
@@ -535,6 +534,17 @@ public final class Tracker {
                 var diff: UInt64 = 0
                 var i = a
                 var o = Int(off)
+                if i & 63 == 0 && o & 7 == 0 {
+                    // Word-aligned on both sides (every chunk of a BITS record
+                    // and of a slot-aligned SET): whole words straight from the bytes.
+                    while b &- i >= 64 {
+                        let v = UInt64(littleEndian: UnsafeRawPointer(source.p + (o &>> 3)).loadUnaligned(as: UInt64.self))
+                        let wi = i &>> 6
+                        diff |= w[wi] ^ v
+                        w[wi] = v
+                        i &+= 64; o &+= 64
+                    }
+                }
                 while i < b {
                     let lo = i & 63
                     let k = min(64 &- lo, b &- i)
@@ -555,15 +565,20 @@ public final class Tracker {
         return changed
     }
 
-    @inline(__always) func countSourceOnes(_ src: ByteBitSource, _ at: Int, _ n: Int) -> Int {
-        var ones = 0, i = 0
+    /// Whether bits [at, at+n) of src are all ones (true), all zeros (false)
+    /// or mixed (nil); stops at the first word that shows both.
+    @inline(__always) func sourceUniform(_ src: ByteBitSource, _ at: Int, _ n: Int) -> Bool? {
+        var anyOne = false, anyZero = false, i = 0
         while i < n {
             let k = min(64, n &- i)
-            let v = src.read64(at: at &+ i)
-            ones &+= (k == 64 ? v : v & (((1 as UInt64) &<< UInt64(k)) &- 1)).nonzeroBitCount
+            let m: UInt64 = k == 64 ? ~0 : ((1 as UInt64) &<< UInt64(k)) &- 1
+            let v = src.read64(at: at &+ i) & m
+            if v != 0 { anyOne = true }
+            if v != m { anyZero = true }
+            if anyOne && anyZero { return nil }
             i &+= k
         }
-        return ones
+        return anyOne
     }
 
     /// Every page of the layout private (cold reboot); the layout stays.

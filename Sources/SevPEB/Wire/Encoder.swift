@@ -219,7 +219,9 @@ public final class SaveSession {
     func writeMixed<S>(_ w: inout RecordWriter<S>, _ gfn: UInt64, _ n: Int,
                        _ bits: UnsafeMutablePointer<UInt64>) throws(SevError) {
         let rawBytes = (n &+ 7) &>> 3
-        let runs = Bits.zeroRuns(bits, bits: n)
+        // RUNS only when smaller than BITS: stop counting past that (random
+        // bits have ~16 runs a word, so this reads a few words, not 256).
+        let runs = Bits.zeroRuns(bits, bits: n, limit: rawBytes &>> 2)
         if runs &* 4 &+ 4 < rawBytes {
             try w.begin(.runs, body: 16 &+ runs &* 4)
             w.be64(gfn); w.be32(UInt32(n)); w.be32(UInt32(runs))
