@@ -1,0 +1,90 @@
+import CSevPEB
+import CSevPEBShims
+import Glibc
+import Testing
+@testable import SevPEB
+
+/// Unit tests of the seed-dialect plumbing that needs no kernel: the bit
+/// helpers behind the quirk hiding (against a naive model), the layout
+/// stretches, and the opt-in rules. The dialects themselves run against the
+/// v6 / v8 kernel models through the real ioctl entry point in
+/// Tests/c/kvm_test.c.
+@Suite struct KVMSeedTests {
+    @Test func copyBitsMatchesANaiveModel() {
+        var rng = SeededRNG(seed: 0xC0FFEE)
+        for _ in 0..<2000 {
+            let src = (0..<40).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            var dst = (0..<40).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let srcBit = UInt64.random(in: 0..<100, using: &rng)
+            let dstBit = UInt64.random(in: 0..<100, using: &rng)
+            let count = UInt64.random(in: 0...200, using: &rng)
+            var expect = dst
+            for i in 0..<count {
+                let s = srcBit + i, d = dstBit + i
+                let bit = (src[Int(s / 8)] >> (s % 8)) & 1
+                expect[Int(d / 8)] = expect[Int(d / 8)] & ~(1 << (d % 8)) | bit << (d % 8)
+            }
+            src.withUnsafeBufferPointer { s in
+                dst.withUnsafeMutableBufferPointer { d in copyBits(s.baseAddress!, srcBit, d.baseAddress!, dstBit, count) }
+            }
+            #expect(dst == expect)
+            if dst != expect { return }
+        }
+    }
+
+    @Test func fillBitsMatchesANaiveModel() {
+        var rng = SeededRNG(seed: 7)
+        for _ in 0..<1000 {
+            var dst = (0..<40).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let at = UInt64.random(in: 0..<150, using: &rng), count = UInt64.random(in: 0...150, using: &rng)
+            let v = Bool.random(using: &rng)
+            var expect = dst
+            for i in at..<(at + count) {
+                expect[Int(i / 8)] = v ? expect[Int(i / 8)] | 1 << (i % 8) : expect[Int(i / 8)] & ~(1 << (i % 8))
+            }
+            dst.withUnsafeMutableBufferPointer { fillBits($0.baseAddress!, at, count, v) }
+            #expect(dst == expect)
+        }
+    }
+
+    @Test func stretchesJoinTouchingSlots() {
+        let s = stretches([.init(base: 0, pages: 10), .init(base: 10, pages: 5), .init(base: 20, pages: 1)])
+        #expect(s.map { [$0.0, $0.1] } == [[0, 15], [20, 21]])
+        #expect(layoutEnd([.init(base: 0, pages: 10), .init(base: 100, pages: 5)]) == 105)
+        #expect(stretches([]).isEmpty && layoutEnd([]) == 0)
+    }
+
+    /// The seed numbers go out only on a VM bound with that dialect: on a
+    /// pipe (no KVM at all) the seed calls reach the kernel as ioctls and
+    /// come back ENOTTY; bound upstream they are refused before any ioctl.
+    @Test func seedCallsNeedTheExplicitDialect() throws {
+        var p: [Int32] = [0, 0]
+        #expect(pipe(&p) == 0)
+        defer { close(p[0]); close(p[1]) }
+        let tr = try Tracker.create()
+        try tr.addSlot(base: 0, pages: 128)
+        func sev(_ body: () throws(SevError) -> Void) -> Int32 {
+            do throws(SevError) { try body(); return 0 } catch { return error.code }
+        }
+        let b = try KVMBinding.create()
+        var buf = [UInt8](repeating: 0, count: 16)
+        #expect(sev { () throws(SevError) in try b.kernelGetBitmap(0, 64, &buf, 16) } == EBADF)   // not bound
+        try b.bind(fd: VMFD(rawValue: p[0]), dialect: .seedV6)                                     // no ioctl: no probe
+        #expect(sev { () throws(SevError) in try b.kernelGetBitmap(0, 64, &buf, 16) } == ENOTTY)
+        #expect(sev { () throws(SevError) in _ = try b.syncFromKernel(tr) } == ENOTTY)
+        #expect(sev { () throws(SevError) in _ = try b.enableHypercallExit() } == EOPNOTSUPP)
+        #expect(b.cpuidFeatures() == 0)
+        #expect(b.migrationRefusal(tr) == nil)   // the kernel keeps the bitmap
+        #expect(sev { () throws(SevError) in try b.bind(fd: VMFD(rawValue: p[0]), dialect: .seedV7to9) } == EBUSY)
+        b.unbind()
+        #expect(sev { () throws(SevError) in try b.bind(fd: VMFD(rawValue: p[0]), dialect: .upstream) } == ENOTTY)
+        // C ABI: an unknown dialect number is refused.
+        var t: OpaquePointer? = nil
+        #expect(sevpeb_tracker_create(0, &t) == 0)
+        #expect(sevpeb_kvm_bind(t, p[0], 8) == -EINVAL)
+        #expect(sevpeb_kvm_bind(t, p[0], SEVPEB_KVM_SEED_V7_V9) == 0)
+        var n: UInt64 = 1
+        #expect(sevpeb_kvm_kernel_bitmap_size(t, &n) == 0 && n == 0)   // empty layout
+        sevpeb_tracker_destroy(t)
+    }
+}
