@@ -808,7 +808,7 @@ int main(int argc, char **argv)
     js = fopen(json, "w");
     if (!js) { perror(json); return 1; }
     fprintf(js, "{\"quick\": %d, \"sevpeb_version\": \"%s\", \"figures\": [", quick, sevpeb_version_string());
-    int R = quick ? 5 : 15;   /* repetitions of each paired measurement */
+    int R = quick ? 5 : 25;   /* repetitions of each paired measurement */
 
     layout L1 = mk_layout(1);
     psc_list typ = typical_pscs(&L1), storm = storm_pscs();

@@ -67,31 +67,46 @@ def m3(x, unit=""):
 # Why a goal is not met (keyed by figure id); kept next to the generator so the
 # note is regenerated with the numbers. Only shown for figures whose goal is missed.
 REASONS = {
-    "storm": "A QEMU-style update is one unsynchronized word RMW (~3 ns a call here). sevpeb takes a "
-             "mutex (the header's thread-safety contract: vCPU threads update without the BQL), validates "
-             "the guest's range against the layout, decodes the hypercall, and tracks the chunk as changed "
-             "for the encoder: ~15-20 ns, 0.2-0.3% of one KVM exit to userspace (measured below). "
-             "The fixed cost was cut (one lock instead of two, a one-chunk fast path: 548 -> 383 "
-             "instructions a call); removing the lock would need a lock-free chunk design that keeps "
-             "updates atomic against the encoder's snapshots.",
-    "single": "Same reason as the boot storm: a mutex round trip (~50 instructions of glibc) plus range "
-              "validation against an unsynchronized 1-bit RMW. Absolute cost is far under the 100 ns goal.",
-    "single_worst": "As above (the state of the other chunks does not matter: one chunk is touched).",
-    "find_worst": "67 M runs of 1-2 pages: each sevpeb_next_shared_run call takes the lock and finds the "
-                  "slot again (~14 ns), QEMU's inline find_next_bit costs ~5 ns a run. Sparse states (every "
-                  "real guest) are 250x faster than QEMU because uniform 64 MiB chunks and 4 GiB groups are "
-                  "skipped in O(1).",
-    "encode_worst": "Every payload byte also goes through the END_OF_PAYLOAD checksum (XXH64, docs/FORMAT.md), "
-                    "which alone runs at about memory-copy speed; the chunk snapshot under the lock, the "
-                    "run/bits choice and the record framing add the rest.",
+    "storm": "A QEMU-style update is one unsynchronized word RMW (~2-4 ns a call here). sevpeb takes a "
+             "mutex (the header's thread-safety contract: vCPU threads update without the BQL), checks "
+             "the guest's range against the layout, decodes the hypercall and marks the chunk changed for "
+             "the encoder: ~15 ns, about 0.2% of one KVM exit to userspace (measured: `update_ns`). This "
+             "issue cut the fixed cost from 548 to 383 instructions a call (one lock instead of two, a "
+             "one-chunk fast path); what is left is mostly the mutex (~50 instructions of glibc) and the "
+             "validation. Reaching 1.0x would need lock-free updates that stay atomic against the "
+             "encoder's chunk snapshots (a seqlock/RCU chunk design): not done.",
+    "single": "As for the boot storm: mutex + validation against one unsynchronized 1-bit RMW. "
+              "The absolute cost (~15 ns) is far under the 100 ns goal.",
+    "single_worst": "As above (one chunk is touched; the state of the others does not matter).",
+    "find_worst": "Every one of the ~67 M one-or-two-page runs costs one sevpeb_next_shared_run call: "
+                  "lock, slot lookup, two scans (~100 instructions; QEMU's find_next_bit pair ~16). "
+                  "Sparse states (every real guest) are ~400x faster than QEMU because uniform 64 MiB "
+                  "chunks and 4 GiB groups are skipped in O(1) (`find_typ`). A dense enumeration should "
+                  "use sevpeb_get_bitmap (`copy_worst`) and scan the copy.",
+    "encode_worst": "Instructions (callgrind, exact): 3.35x memcpy's (4.40x before this issue's fix). "
+                    "The END_OF_PAYLOAD checksum (XXH64 over every payload byte, docs/FORMAT.md) is 30% "
+                    "of them and by itself runs at about memory-copy speed; the chunk snapshot under the "
+                    "lock is 15%, the copies into the record buffer and out through the write callback 30%. "
+                    "<= 1.5x memcpy is out of reach while the format checksums every byte; a cheaper "
+                    "checksum is a format decision (docs/FORMAT.md) left to the format's owner. Wall-clock "
+                    "medians also suffer from the shared machine (see min).",
     "encode_worst_amd": "See encode_worst.",
-    "decode_worst": "Decoding re-validates and re-hashes every byte, and applies each 2 KiB chunk "
-                    "into a fresh staging tracker (allocation of every block).",
+    "decode_worst": "Decode builds the destination's state from nothing: 16 K chunk blocks (32 MiB) are "
+                    "allocated and page-faulted into a fresh staging tracker, while encode reads memory "
+                    "that exists; every byte is also hashed twice (payload checksum, then the digest check). "
+                    "Instructions: 1.75x encode's (4.3x before this issue's fix: setBitmap popcounted each "
+                    "chunk twice and merged words through the masked path).",
     "decode_typ": "Decode includes creating the staging tracker and its per-slot group arrays (the "
-                  "destination starts from nothing), which encode does not pay.",
-    "copy_worst": "See the copy figures: mixed chunks are copied through a bit-accumulator.",
+                  "destination starts from nothing), which encode does not pay; tens of microseconds once "
+                  "per migration.",
+    "copy_worst": "The copy is one memcpy per 2 KiB chunk (QEMU: one memcpy for the whole slot); the "
+                  "instruction count is 0.17x QEMU's, and the best pair is under 1.0x, so a median over "
+                  "1.0x here is the shared machine (other builds on both cores) rather than the code.",
     "copy_win_worst": "See copy_worst.",
     "copy_win_typ": "Within noise of QEMU.",
+    "copy_typ": "See copy_worst.",
+    "count_worst": "See copy_worst (noise): the instruction count is 0.33x QEMU's.",
+    "large_1g": "Noise: O(chunks) against QEMU's O(bits).",
 }
 
 
@@ -146,8 +161,8 @@ def report(d, outpath):
     L.append("# Performance")
     L.append("")
     L.append("Generated by `bench/run.sh` (issue 6) from `bench/out/results.json`; do not edit by hand. "
-             "Re-run with `bench/run.sh` (full, ~10 min) or check the suite still works with "
-             "`bench/run.sh --quick` (< 2 min, leaves this file alone).")
+             "Re-run with `bench/run.sh` (full, ~1-2 min) or check the suite still works with "
+             "`bench/run.sh --quick` (< 1 min, leaves this file alone).")
     L.append("")
     L.append("Every ratio is sevpeb / peer, measured side by side in one process: each repetition times "
              "the peer and sevpeb back to back (alternating which runs first), and the ratio of that pair "
@@ -271,7 +286,10 @@ def report(d, outpath):
         L.append("## Instruction counts (callgrind)")
         L.append("")
         L.append(f"Workload: {cg['workload']}. Each op once, counted between CALLGRIND toggles "
-                 "(`bench/bench --ic`). Deterministic: these ratios do not move with machine load.")
+                 "(`bench/bench --ic`). Deterministic: these ratios do not move with machine load. valgrind counts "
+                 "glibc's `rep movsb` memcpy/memset as a handful of instructions, so for memcpy-bound ops "
+                 "(copy-out, encode) the instruction ratio understates the peer's cost; use the wall-clock "
+                 "ratios there.")
         L.append("")
         L.append("| op | peer | peer instructions | sevpeb instructions | ratio |")
         L.append("|---|---|---|---|---|")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh - the sevpeb performance suite, one command (issue 6).
 #
-#   bench/run.sh            full suite (~10 minutes on 2 cores), regenerates docs/PERFORMANCE.md
-#   bench/run.sh --quick    smoke run (< 2 minutes): same measurements, fewer repetitions and
+#   bench/run.sh            full suite (~1-2 minutes on 2 cores), regenerates docs/PERFORMANCE.md
+#   bench/run.sh --quick    smoke run (< 1 minute): same measurements, fewer repetitions and
 #                           sizes; writes bench/out/ only (docs/PERFORMANCE.md is left alone
 #                           unless --write-doc is also given)
 #
