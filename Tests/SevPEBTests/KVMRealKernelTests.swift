@@ -27,7 +27,11 @@ import Testing
                 return nil
             }
             vm = sevpeb_shim_ioctl_val(kvm, KVMIoctl.createVM.rawValue, 0)
-            precondition(vm >= 0, "KVM_CREATE_VM: \(vm)")
+            if vm < 0 {
+                print("SKIP: KVM_CREATE_VM failed (\(vm)): real-kernel KVM test not run")
+                close(kvm)
+                return nil
+            }
             mem = mmap(nil, 1536 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
             var off = 0
             for (i, (gfn, pages)) in RealVM.slots.enumerated() {

@@ -274,8 +274,9 @@ static int model_set_v8(struct model *m, void *argp)
         goto out;
     }
     /* bitmap_copy(page_enc_bmap + BIT_WORD(gfn_start), bitmap, gfn_end - gfn_start) */
-    if (sz)
+    if (sz) {
         memcpy(m->bmap + BIT_WORD(gfn_start), bitmap, ALIGN_UP(gfn_end - gfn_start, BITS_PER_LONG) / 8);
+    }
     ret = 0;
 out:
     free(bitmap);
