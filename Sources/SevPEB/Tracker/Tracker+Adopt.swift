@@ -43,12 +43,13 @@ extension Tracker {
             slots = other.slots; slotCount = other.slotCount; slotCap = other.slotCap
             memBytes &+= other.memBytes
             other.slots = nil; other.slotCount = 0; other.slotCap = 0; other.memBytes = 0
+            // The adopted chunks count as sent. Their dirty bits were counted
+            // in `other`'s counter, not ours (ours is 0: freeSlotStorage above
+            // subtracted our old chunks), so clear the bits directly.
             for s in 0..<slotCount {
-                for gi in 0..<slots![s].groupCount {
-                    let g = slots![s].groups + gi
-                    clearDirty(g, g.pointee.dirty)
-                }
+                for gi in 0..<slots![s].groupCount { slots![s].groups[gi].dirty = 0 }
             }
+            dirtyChunks.store(0, ordering: .relaxed)
             other.dirtyChunks.store(0, ordering: .relaxed)
             layoutGeneration &+= 1
         }

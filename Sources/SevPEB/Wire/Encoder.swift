@@ -191,6 +191,10 @@ public final class SaveSession {
             }
             cursor = snap.gfn &+ UInt64(snap.pages)
             switch snap.kind {
+            case .allPrivate where mode == .nonPrivate:
+                // A mixed chunk that turned out all private when taken: the
+                // destination of a full send starts private, nothing to send.
+                continue
             case .allPrivate, .allShared:
                 let v = snap.kind == .allPrivate
                 if var f = fill, f.v == v, f.gfn &+ f.n == snap.gfn {
