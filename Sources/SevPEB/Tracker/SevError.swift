@@ -53,6 +53,8 @@ public enum ErrorClass {
         case EOPNOTSUPP: return "operation not supported"
         case ENOSYS: return "not implemented by this kernel"
         case EIO: return "I/O error"
+        case EFAULT: return "bad address"
+        case EPERM: return "operation not permitted"
         default: return "unknown error"
         }
     }

@@ -48,6 +48,7 @@ struct Group {
     /// with one mixed chunk costs one pointer, not 64.
     var blocks: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>?>? = nil
     var hash: UInt64 = 0     // cached group hash, valid iff hashValid
+    var sharedPages: UInt32 = 0 // cached shared pages in the group, valid iff hashValid
     var hashValid = false
     var blockCap: UInt8 = 0  // capacity of `blocks`
 }

@@ -40,34 +40,65 @@ extension Tracker {
         return h
     }
 
-    /// Hash of group gi of slot s (lock held).
-    func groupHash(_ s: Int, _ gi: Int) -> UInt64 {
+    /// Hash and shared-page count of group gi of slot s (lock held), cached.
+    @discardableResult
+    func groupSummary(_ s: Int, _ gi: Int) -> (hash: UInt64, shared: UInt64) {
         let g = slots![s].groups + gi
-        if g.pointee.hashValid { return g.pointee.hash }
-        let nch = Geometry.chunks(slots![s].pages)
+        if g.pointee.hashValid { return (g.pointee.hash, UInt64(g.pointee.sharedPages)) }
+        let pages = slots![s].pages
+        let nch = Geometry.chunks(pages)
         let first = UInt64(gi) &<< 6
         let last = min(nch, first &+ 64)
         var x = XXH64()
+        var shared: UInt64 = 0
         var c = first
-        while c < last { x.add(chunkHash(s, c)); c &+= 1 }
+        while c < last {
+            x.add(chunkHash(s, c))
+            let bit = c & 63
+            let len = Geometry.chunkLen(c, pages)
+            if let u = uniformValue(g, bit) {
+                if !u { shared &+= UInt64(len) }
+            } else {
+                shared &+= UInt64(len &- Bits.countOnes(block(g, bit), from: 0, to: len))
+            }
+            c &+= 1
+        }
         let h = x.finish()
         g.pointee.hash = h
+        g.pointee.sharedPages = UInt32(truncatingIfNeeded: shared)   // <= 2^20
         g.pointee.hashValid = true
-        return h
+        return (h, shared)
+    }
+
+    /// Digest and page counts of the whole state (lock held): O(1) when
+    /// nothing changed since the last call, else O(groups) plus the changed
+    /// chunks' hashes.
+    func summaryLocked() -> (digest: UInt64, pages: UInt64, shared: UInt64) {
+        if summaryCache.gen == stateGeneration {
+            return (summaryCache.digest, summaryCache.pages, summaryCache.shared)
+        }
+        var x = XXH64()
+        var pages: UInt64 = 0, shared: UInt64 = 0
+        for s in 0..<slotCount {
+            x.add(slots![s].base)
+            x.add(slots![s].pages)
+            pages &+= slots![s].pages
+            for gi in 0..<slots![s].groupCount {
+                let (h, sh) = groupSummary(s, gi)
+                x.add(h)
+                shared &+= sh
+            }
+        }
+        let d = x.finish()
+        summaryCache = (stateGeneration, d, pages, shared)
+        return (d, pages, shared)
     }
 
     /// Digest of the whole state (layout and bits), one consistent snapshot.
-    public func digest() -> UInt64 {
-        withLock {
-            var x = XXH64()
-            for s in 0..<slotCount {
-                x.add(slots![s].base)
-                x.add(slots![s].pages)
-                for gi in 0..<slots![s].groupCount { x.add(groupHash(s, gi)) }
-            }
-            return x.finish()
-        }
-    }
+    public func digest() -> UInt64 { withLock { summaryLocked().digest } }
+
+    /// Digest and page counts in one consistent snapshot (the FINAL record).
+    public func summary() -> (digest: UInt64, pages: UInt64, shared: UInt64) { withLock { summaryLocked() } }
 
     /// Recompute stale group hashes, taking the lock once per group, so that
     /// a later `digest()` (at downtime) only hashes what changed since.
@@ -78,7 +109,7 @@ extension Tracker {
             let more = withLock { () -> Bool in
                 while s < slotCount {
                     if gi < slots![s].groupCount {
-                        _ = groupHash(s, gi)
+                        groupSummary(s, gi)
                         gi &+= 1
                         return true
                     }
@@ -86,7 +117,10 @@ extension Tracker {
                 }
                 return false
             }
-            if !more { return }
+            if !more {
+                _ = withLock { summaryLocked() }   // O(groups), all cached now
+                return
+            }
         }
     }
 }

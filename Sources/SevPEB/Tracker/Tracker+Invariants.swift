@@ -26,6 +26,14 @@ extension Tracker {
                     if p.hashOK & ~p.mixed != 0 { return "slot \(s) group \(gi): hashOK on a uniform chunk" }
                     if (p.mixed == 0) != (p.blocks == nil) { return "slot \(s) group \(gi): block array presence does not match mixed mask" }
                     if p.mixed.nonzeroBitCount > Int(p.blockCap) { return "slot \(s) group \(gi): more mixed chunks than array capacity" }
+                    if p.hashValid {
+                        // The cached summary must equal a fresh computation.
+                        g.pointee.hashValid = false
+                        let fresh = groupSummary(s, gi)
+                        if fresh.hash != p.hash || fresh.shared != UInt64(p.sharedPages) {
+                            return "slot \(s) group \(gi): stale cached group hash or shared count"
+                        }
+                    }
                     dirty &+= p.dirty.nonzeroBitCount
                     mem &+= Mem.bytes(Int(p.blockCap), UnsafeMutablePointer<UInt64>?.self)
                     var mx = p.mixed
@@ -44,6 +52,14 @@ extension Tracker {
                             return "slot \(s) group \(gi) chunk \(bit): stale cached hash"
                         }
                     }
+                }
+            }
+            if summaryCache.gen == stateGeneration {
+                let cached = summaryCache
+                summaryCache.gen = 0
+                let fresh = summaryLocked()
+                if fresh.digest != cached.digest || fresh.pages != cached.pages || fresh.shared != cached.shared {
+                    return "stale whole-state summary cache"
                 }
             }
             mem &+= Mem.bytes(slotCap, SlotRec.self)

@@ -20,7 +20,14 @@ public final class Tracker {
     /// Chunks with a dirty bit set (read without the lock for estimates).
     let dirtyChunks = Atomic<Int>(0)
     /// Bumped on every layout change (the encoder re-sends the layout).
-    var layoutGeneration: UInt64 = 0
+    var layoutGeneration: UInt64 = 0 {
+        didSet { stateGeneration &+= 1 }
+    }
+    /// Bumped on every change of state or layout: the whole-state summary
+    /// (digest, page counts) is cached against it, so a digest with nothing
+    /// changed since the last one is O(1) whatever the guest size.
+    var stateGeneration: UInt64 = 1
+    var summaryCache: (gen: UInt64, digest: UInt64, pages: UInt64, shared: UInt64) = (0, 0, 0, 0)
     let migrationControlValue = Atomic<UInt64>(0)
     let requireReadyFlag = Atomic<Bool>(false)
     var callback: ChangeCallback? = nil
@@ -184,6 +191,7 @@ public final class Tracker {
         }
         g.pointee.hashOK &= ~m
         g.pointee.hashValid = false
+        stateGeneration &+= 1
     }
 
     /// Give a uniform chunk a block holding the same state. The page state
@@ -366,39 +374,12 @@ public final class Tracker {
         }
     }
 
-    /// (pages in the layout, shared pages).
+    /// (pages in the layout, shared pages), from the cached summary.
     public func totals() -> (pages: UInt64, shared: UInt64) {
         withLock {
-            var pages: UInt64 = 0, shared: UInt64 = 0
-            for s in 0..<slotCount {
-                let sl = slots![s]
-                pages &+= sl.pages
-                shared &+= sharedInSlot(s)
-            }
-            return (pages, shared)
+            let r = summaryLocked()
+            return (r.pages, r.shared)
         }
-    }
-
-    func sharedInSlot(_ s: Int) -> UInt64 {
-        let sl = slots![s]
-        var shared: UInt64 = 0
-        for gi in 0..<sl.groupCount {
-            let g = sl.groups + gi
-            var sh = g.pointee.shared
-            while sh != 0 {
-                let bit = UInt64(sh.trailingZeroBitCount)
-                sh &= sh &- 1
-                shared &+= UInt64(Geometry.chunkLen(UInt64(gi) &<< 6 | bit, sl.pages))
-            }
-            var mx = g.pointee.mixed
-            while mx != 0 {
-                let bit = UInt64(mx.trailingZeroBitCount)
-                mx &= mx &- 1
-                let len = Geometry.chunkLen(UInt64(gi) &<< 6 | bit, sl.pages)
-                shared &+= UInt64(len &- Bits.countOnes(block(g, bit), from: 0, to: len))
-            }
-        }
-        return shared
     }
 
     /// First page at or after `from` (within slot s onwards) whose state is

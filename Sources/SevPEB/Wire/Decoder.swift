@@ -260,11 +260,10 @@ public final class LoadSession {
     func readFinal<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
         let digest = try be64(&src), pages = try be64(&src), shared = try be64(&src)
         guard let st = staging, sawLayout else { throw SevError(EBADMSG, "FINAL at offset \(at) before LAYOUT") }
-        let (myPages, myShared) = st.totals()
+        let (d, myPages, myShared) = st.summary()
         if myPages != pages || myShared != shared {
             throw SevError(EILSEQ, "FINAL at offset \(at): source counts \(pages) pages / \(shared) shared, received state has \(myPages) / \(myShared)")
         }
-        let d = st.digest()
         emit(at, .final, digest, pages, shared)
         if d != digest {
             throw SevError(EILSEQ, "FINAL at offset \(at): digest \(hex(digest)) from the source, \(hex(d)) over the received state")

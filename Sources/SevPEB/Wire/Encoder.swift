@@ -137,9 +137,9 @@ public final class SaveSession {
             cursor = 0
             _ = try writeChunks(t, &w, mode: .dirty, budget: 0)
         }
-        let (pages, shared) = t.totals()
+        let sum = t.summary()
         try w.begin(.final, body: 24)
-        w.be64(t.digest()); w.be64(pages); w.be64(shared)
+        w.be64(sum.digest); w.be64(sum.pages); w.be64(sum.shared)
         try w.endPayload()
         completeBytes = w.total
         records &+= w.records
