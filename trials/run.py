@@ -90,6 +90,16 @@ def main():
     if not qemu or not os.access(qemu, os.X_OK):
         ap.error(f"no QEMU: pass --qemu or run scripts/build-qemu.sh (env file gave {qemu!r})")
     peb = qemu_has_sevpeb(qemu)
+    if not peb and not args.qemu and not os.environ.get("QEMU"):
+        # current.env may point at a stock (SEVPEB_LIB=no) build: take the newest linked one
+        import glob
+        for be in sorted(glob.glob(os.path.join(cache_dir(), "out", "*", "build.env")),
+                         key=os.path.getmtime, reverse=True):
+            e2 = read_env_file(be)
+            if e2.get("SEVPEB_LINKED") == "1" and qemu_has_sevpeb(e2.get("QEMU", "")):
+                log(f"{qemu} lacks the object; using the newest linked build {e2['QEMU']}", always=True)
+                env, qemu, peb = e2, e2["QEMU"], True
+                break
     if not peb and not args.allow_stock:
         ap.error(f"{qemu} has no sev-page-enc-bitmap object (stock build?). Build the patched QEMU "
                  f"(scripts/build-qemu.sh) or pass --allow-stock for a plumbing-only run")
@@ -119,7 +129,9 @@ def main():
     log(f"scenarios: {', '.join(todo)}", always=True)
 
     os.makedirs(args.out, exist_ok=True)
-    work = os.path.join(args.out, "work")
+    work = os.path.join(args.out, "work")       # serial/stderr/relay logs of this run only
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work, exist_ok=True)
     hosts = Hosts()
     meta["ns"] = (hosts.ns["A"], hosts.ns["B"])

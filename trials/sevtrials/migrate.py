@@ -22,18 +22,21 @@ def migrate(src, dst, uri, *, label, churn=None, pause=True, bandwidth_mib=64, d
            "src_host": src.host, "dst_host": dst.host if dst else None, "uri": uri,
            "status": None, "error": None, "bandwidth_mib": bandwidth_mib}
     caps = {"return-path": True, "pause-before-switchover": pause}
-    if dst is not None:
-        set_caps(dst, {"return-path": True})
-        dst.qmp.cmd("migrate-incoming", uri=dst_uri or uri)
-    set_caps(src, caps)
-    src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": int(bandwidth_mib * 1024 * 1024),
-                                              "downtime-limit": downtime_ms})
     calls0 = churn.calls if churn else 0
-    t0 = time.monotonic()
     try:
+        if dst is not None:
+            set_caps(dst, {"return-path": True})
+            dst.qmp.cmd("migrate-incoming", uri=dst_uri or uri)
+        set_caps(src, caps)
+        src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": int(bandwidth_mib * 1024 * 1024),
+                                                  "downtime-limit": downtime_ms})
+        t0 = time.monotonic()
         src.qmp.cmd("migrate", uri=uri)
     except QMPError as e:
         rec.update(status="refused", error=e.desc)
+        return rec
+    except (EOFError, OSError) as e:
+        rec.update(status="qemu-lost", error=f"{e}; {_exits(src, dst)}")
         return rec
     samples, peb_samples = [], []
     last_peb = 0.0
@@ -45,7 +48,8 @@ def migrate(src, dst, uri, *, label, churn=None, pause=True, bandwidth_mib=64, d
         try:
             info = src.qmp.cmd("query-migrate")
         except (EOFError, OSError) as e:
-            rec.update(status="source-lost", error=str(e))
+            time.sleep(0.5)
+            rec.update(status="source-lost", error=f"{e}; {_exits(src, dst)}")
             break
         st = info.get("status")
         ram = info.get("ram", {})
@@ -100,6 +104,17 @@ def migrate(src, dst, uri, *, label, churn=None, pause=True, bandwidth_mib=64, d
             rec["peb_save_error"] = str(e)
     rec["peb_samples"] = peb_samples
     return rec
+
+
+def _exits(*vms):
+    """Which of the VMs died, and how (a negative code is the signal number)."""
+    out = []
+    for vm in vms:
+        if vm is not None and not vm.alive():
+            code = vm.proc.returncode
+            how = f"signal {-code}" if code < 0 else f"exit {code}"
+            out.append(f"{vm.name} died ({how}){': ' + vm.stderr_tail(3) if vm.stderr_tail(3) else ''}")
+    return "; ".join(out) or "both QEMUs still running"
 
 
 def per_iteration(peb_samples):

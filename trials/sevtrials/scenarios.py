@@ -371,12 +371,31 @@ CORRUPT_EXPECT = {
 def corrupt(ctx, modes):
     r = Result("corrupt", f"relay corrupts the sevpeb section ({', '.join(modes)}); destination refuses, "
                           f"source unaffected")
-    src = ctx.boot("A", tag="cs")
-    model = Model()
-    churn = ctx.new_churn(model, src, seed_add=7)
-    churn.attach(src); churn.mark_boot(singles=256); churn.detach()
+    import json
+    st = {}
     details = []
+
+    def new_source():
+        st["src"] = ctx.boot("A", tag="cs")
+        st["model"] = Model()
+        st["churn"] = ctx.new_churn(st["model"], st["src"], seed_add=7 + len(details))
+        c = st["churn"]
+        c.attach(st["src"]); c.mark_boot(singles=256); c.detach()
+    new_source()
     for mode in modes + ["none"]:
+        src, model, churn = st["src"], st["model"], st["churn"]
+        if src.status() != "running":
+            r.check(f"{mode}: the source from the previous attempt is usable", False, f"status {src.status()}; "
+                    f"booting a new source")
+            ctx.drop(src)
+            new_source()
+            src, model, churn = st["src"], st["model"], st["churn"]
+        # change the state a little between attempts, then keep it still during the
+        # migration: a chunk re-sent by a later PART would legitimately heal a corruption
+        churn.attach(src)
+        for _ in range(50):
+            churn.step()
+        churn.detach()
         dst = ctx.boot("B", incoming=True, tag="cs")
         ctx.port += 2
         lport, dport = ctx.port - 1, ctx.port
@@ -384,11 +403,9 @@ def corrupt(ctx, modes):
         log(f"[corrupt] mode {mode}: {src.name} -> relay {ctx.hosts.ip['B']}:{lport} -> {dst.name} 127.0.0.1:{dport}",
             always=True)
         relay = ctx.start_relay("B", f"{ctx.hosts.ip['B']}:{lport}", f"127.0.0.1:{dport}", mode, rlog)
-        churn.start(src)
         rec = migrate(src, dst, f"tcp:{ctx.hosts.ip['B']}:{lport}", dst_uri=f"tcp:127.0.0.1:{dport}",
-                      label=f"corrupt {mode}", churn=churn, pause=True, bandwidth_mib=ctx.args.bandwidth,
+                      label=f"corrupt {mode}", pause=False, bandwidth_mib=ctx.args.bandwidth,
                       timeout=ctx.args.mig_timeout)
-        churn.stop()
         rec["relay_mode"] = mode
         r.migrations.append(rec)
         try:
@@ -396,19 +413,18 @@ def corrupt(ctx, modes):
         except subprocess.TimeoutExpired:
             os.kill(relay.pid, signal.SIGKILL)
             relay.wait(timeout=10)
-        import json
         events = [json.loads(l) for l in open(rlog)] if os.path.exists(rlog) else []
         secs = [e for e in events if e["ev"] == "section"]
         hits = [e for e in events if e["ev"] in ("corrupt", "truncate")]
         r.check(f"{mode}: relay found the sevpeb section in the stream",
                 any(e["type"] == "START" for e in secs),
-                ", ".join(f"{e['type']}@{e['stream_off']}({e['payload_len']} B)" for e in secs[:6])
-                + (f" ... {len(secs)} sections" if len(secs) > 6 else ""))
+                ", ".join(f"{e['type']}@{e['stream_off']}({e['payload_len']} B)" for e in secs[:4])
+                + (f" ... {len(secs)} sections" if len(secs) > 4 else ""))
         if mode == "none":
             if _completed(r, rec, "clean migration through the relay (no corruption) completed"):
                 problems, qs, qd = compare_state(src, dst, model)
                 r.check("clean: destination == source == model", not problems, "; ".join(problems) or _summary(qd))
-                r.check("clean: relay saw START, PART and END sections",
+                r.check("clean: relay saw START, PART and END sections with valid checks",
                         {"START", "END"} <= {e["type"] for e in secs},
                         f"{sum(e['type'] == 'PART' for e in secs)} PART sections")
                 r.check("clean: guest alive on destination", *check_alive(dst, src.last_tick()))
@@ -422,17 +438,20 @@ def corrupt(ctx, modes):
         lines = err.splitlines()
         hit = next((l for l in lines if re.search(CORRUPT_EXPECT[mode], l, re.I)), None)
         shown = hit or next((l for l in lines if "sev-page-enc-bitmap" in l), None) or (lines[-1] if lines else "")
+        if code is None and rec["status"] == "completed":
+            problems, qs, qd = compare_state(src, dst, model)
+            shown = "destination ACCEPTED the corrupted stream; " + (
+                "its state equals the source's" if not problems else "; ".join(problems))
         r.check(f"{mode}: destination refused with the named error", code not in (None, 0) and hit,
                 f"exit {code}; stderr: {shown.strip()[:300]}")
-        line = shown
-        details.append({"mode": mode, "dst_exit": code, "dst_error": line.strip()[:300],
+        details.append({"mode": mode, "dst_exit": code, "dst_error": shown.strip()[:300],
                         "src_error": rec.get("error")})
         _src_keeps_running(r, src, f"{mode}: source keeps running")
         problems, q = check_model(src, model)
         r.check(f"{mode}: source state intact", not problems, "; ".join(problems) or _summary(q))
         ctx.drop(dst)
     r.numbers["refusals"] = details
-    r.check("every churn call accepted", not churn.errors, "; ".join(churn.errors[:3]))
+    r.check("every churn call accepted", not st["churn"].errors, "; ".join(st["churn"].errors[:3]))
     return r
 
 
