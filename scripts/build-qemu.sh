@@ -20,7 +20,8 @@
 #   venv/              python venv with meson 1.5.0 (QEMU 10.0 needs >= 1.5; bookworm has 1.0.1)
 #   fw/                Debian's seabios package, extracted (firmware for -L)
 #   tree-<srckey>/     source (Debian patches + our series, a throwaway git repo),
-#                      build/ and prefix/ (the installed library); srckey hashes the
+#                      build-sevpeb/ or build-nolib/, and prefix/ (the installed
+#                      library); srckey hashes the
 #                      series, this script and the Debian source version
 #   out/<key>/         a finished build: qemu-system-x86_64, optionrom/, analyze-migration.py;
 #                      key = srckey + hash of the library sources
@@ -200,7 +201,8 @@ log "cache miss ($KEY)"
 
 TREE=$CACHE/tree-$SRCKEY
 SRC=$TREE/src
-BUILD=$TREE/build
+# One build directory per variant, so that switching SEVPEB_LIB keeps both
+BUILD=$TREE/build-$( [ -n "$LIB_PRESENT" ] && echo sevpeb || echo nolib )
 PREFIX=$TREE/prefix
 if [ ! -f "$TREE/.patched" ]; then
     rm -rf "$TREE" && mkdir -p "$TREE"
@@ -256,13 +258,13 @@ if [ -n "$HAS_OPTION" ]; then
     if [ -n "$LIB_PRESENT" ]; then CONFIG_ARGS+=(-Dsevpeb=enabled); else CONFIG_ARGS+=(-Dsevpeb=disabled); fi
 fi
 CONFIG_STAMP="${CONFIG_ARGS[*]}"
-if [ ! -f "$BUILD/build.ninja" ] || [ "$(cat "$TREE/.configured" 2>/dev/null)" != "$CONFIG_STAMP" ]; then
+if [ ! -f "$BUILD/build.ninja" ] || [ "$(cat "$BUILD/.configured" 2>/dev/null)" != "$CONFIG_STAMP" ]; then
     rm -rf "$BUILD" && mkdir -p "$BUILD"
     log "configure ${CONFIG_ARGS[*]}"
     (cd "$BUILD" && PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" \
         "$SRC/configure" "${CONFIG_ARGS[@]}" >configure.log 2>&1) ||
         { tail -30 "$BUILD/configure.log" >&2; die "configure failed (log: $BUILD/configure.log)"; }
-    echo "$CONFIG_STAMP" >"$TREE/.configured"
+    echo "$CONFIG_STAMP" >"$BUILD/.configured"
 fi
 log "ninja qemu-system-x86_64"
 (cd "$BUILD" && PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" ninja -j"$JOBS" qemu-system-x86_64 >ninja.log 2>&1) ||
