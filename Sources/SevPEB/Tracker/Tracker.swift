@@ -452,7 +452,7 @@ public final class Tracker {
 
     /// Copy [gfn, gfn+n) out as bits (1 = private) into dst (LSB-first bytes).
     public func getBitmap(_ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>, _ dstLen: Int) throws(SevError) {
-        let need = (n &+ 7) &>> 3
+        let need = (n &>> 3) &+ (n & 7 == 0 ? 0 : 1)   // ceil(n/8) without wrapping
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(dstLen) < need { throw SevError(ENOSPC, "buffer of \(dstLen) bytes too small for \(n) pages (need \(need))") }
         try locked { () throws(SevError) in
@@ -475,7 +475,7 @@ public final class Tracker {
     @discardableResult
     public func setBitmap(_ gfn: UInt64, _ n: UInt64, _ src: UnsafePointer<UInt8>?, _ srcLen: Int) throws(SevError) -> Bool {
         guard let src else { return try setRange(gfn, n, private: true) }
-        let need = (n &+ 7) &>> 3
+        let need = (n &>> 3) &+ (n & 7 == 0 ? 0 : 1)   // ceil(n/8) without wrapping
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(srcLen) < need { throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))") }
         let source = ByteBitSource(p: src, bytes: Int(need))
