@@ -530,8 +530,11 @@ def peer(ctx, count):
             if churn:
                 churn.start(src)
 
-            def hook(st):   # churn only in the first pass, so the switchover is not raced
-                if churn and churn.running() and st["info"].get("ram", {}).get("dirty-sync-count", 0) >= 2:
+            def hook(st):
+                # churn only early in the first RAM pass (no pause-before-switchover here, so
+                # that both sides are timed alike): a set after the switchover would reach
+                # the source only
+                if churn and churn.running() and st["elapsed"] >= 0.5:
                     churn.stop()
             rec = migrate(src, dst, ctx.uri(h), label=f"{side} {i}", churn=churn, pause=False, peb=peb,
                           bandwidth_mib=ctx.args.bandwidth, hook=hook, timeout=ctx.args.mig_timeout)
