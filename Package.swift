@@ -33,11 +33,13 @@ if !embedded {
     ]
     products += [.executable(name: "sevpeb", targets: ["SevPEBTool"])]
     targets += [
+        // The CLI's logic (payload files, QEMU stream parser, SVG map), so tests can reach it.
+        .target(name: "SevPEBInspect", dependencies: ["SevPEB"]),
         .executableTarget(name: "SevPEBTool", dependencies: [
-            "SevPEB", "CSevPEB",
+            "SevPEB", "CSevPEB", "SevPEBInspect",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "SevPEBTests", dependencies: ["SevPEB", "CSevPEB", "CSevPEBShims"]),
+        .testTarget(name: "SevPEBTests", dependencies: ["SevPEB", "CSevPEB", "CSevPEBShims", "SevPEBInspect"]),
     ]
 }
 

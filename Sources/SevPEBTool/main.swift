@@ -1,1 +1,0 @@
-print("sevpeb CLI: under construction")
