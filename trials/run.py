@@ -132,6 +132,9 @@ def main():
     work = os.path.join(args.out, "work")       # serial/stderr/relay logs of this run only
     import shutil
     shutil.rmtree(work, ignore_errors=True)
+    for f in os.listdir(args.out):          # no stale pictures from an earlier run
+        if f.endswith(".png") or f in ("report.md", "results.json"):
+            os.unlink(os.path.join(args.out, f))
     os.makedirs(work, exist_ok=True)
     hosts = Hosts()
     meta["ns"] = (hosts.ns["A"], hosts.ns["B"])

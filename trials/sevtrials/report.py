@@ -158,6 +158,16 @@ def write_json(results, meta, outdir):
 # ---------------------------------------------------------------------------
 # pictures
 
+def _gpa_label(a):
+    if a >= 1 << 30 and a % (1 << 30) == 0:
+        return f"{a >> 30} GiB"
+    if a >= 1 << 30:
+        return f"{a / (1 << 30):.2f} GiB"
+    if a >= 1 << 20:
+        return f"{a / (1 << 20):.0f} MiB"
+    return f"{a >> 10} KiB"
+
+
 def pictures(results, outdir):
     try:
         import matplotlib
@@ -171,7 +181,7 @@ def pictures(results, outdir):
 
     # 1. section bytes per iteration + per-migration totals vs RAM
     if migs:
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 8.5))
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 9.5), gridspec_kw={"hspace": 0.6})
         cmap = plt.get_cmap("tab10")
         shown = [x for x in migs if x[0] == "ping-pong"] or migs
         for i, (key, m) in enumerate(shown[:10]):
@@ -182,11 +192,12 @@ def pictures(results, outdir):
                      label=f"{m['label']} ({len(ys) - 2} iterations)")
             ax1.plot([xs[0], xs[-1]], [max(ys[0], 0.8), max(ys[-1], 0.8)], "o", color=cmap(i % 10), ms=4)
         ax1.set_yscale("log")
-        ax1.set_xlabel("save step: 0 = setup (START), 1..n = iterate (PART), last = complete (END, downtime)")
+        ax1.set_xlabel("save step: 0 = setup (START), 1..n = iterate (PART), last = complete (END, downtime)",
+                       fontsize=9)
         ax1.set_ylabel("sevpeb section payload bytes (log)")
         ax1.set_title("sevpeb section bytes per migration step")
         ax1.grid(True, which="both", alpha=0.3)
-        ax1.legend(fontsize=7, ncol=2, loc="upper right")
+        ax1.legend(fontsize=7, ncol=min(5, len(shown[:10])), loc="upper center", bbox_to_anchor=(0.5, -0.16))
         labels = [f"{m['label']}" for _, m in migs]
         x = range(len(migs))
         setup = [m["peb_save"].get("setup-bytes") or 0 for _, m in migs]
@@ -204,8 +215,8 @@ def pictures(results, outdir):
         ax2.set_ylabel("bytes (log)")
         ax2.set_title("sevpeb section bytes vs RAM bytes, per completed migration")
         ax2.grid(True, axis="y", which="major", alpha=0.3)
-        ax2.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.42))
-        fig.tight_layout()
+        ax2.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.95, bottom=0.17)
         fn = "section-bytes.png"
         fig.savefig(os.path.join(outdir, fn), dpi=110)
         plt.close(fig)
@@ -248,7 +259,7 @@ def pictures(results, outdir):
     # 3. memory maps before/after
     maps = [(f"{r.key}: {k}", q) for r in results for k, q in r.maps.items()]
     if maps:
-        fig, ax = plt.subplots(figsize=(11, 1.1 + 0.75 * len(maps)))
+        fig, ax = plt.subplots(figsize=(11, 1.9 + 0.75 * len(maps)))
         # compress the address axis: slots placed side by side with small gaps (holes are huge above 4 GiB)
         slots_all = sorted({(s["base-gfn"], s["npages"]) for _, q in maps for s in q["slots"]})
         pos, x = {}, 0.0
@@ -273,19 +284,30 @@ def pictures(results, outdir):
                 if a is not None and b is not None:
                     segs.append((a, max(b - a, gap / 40)))   # single pages stay visible
             ax.broken_barh(segs, (y - 0.35, 0.7), color="#f4a582")
-            ax.text(x, y, f"  {q['shared-pages']} shared / {q['total-pages']} pages\n  {len(q['shared-ranges'])} ranges",
+            ax.text(x, y, f" {q['shared-pages']} shared\n of {q['total-pages']} pages\n {len(q['shared-ranges'])} ranges",
                     va="center", fontsize=7)
         ax.set_yticks(range(len(maps)))
         ax.set_yticklabels([m[0] for m in reversed(maps)], fontsize=8)
-        ticks = [(pos[s], f"{s[0] * 4096 / MiB:.0f} MiB") for s in slots_all]
+        # ~10 ticks across, each labelled with the guest physical address it stands for
+        ticks = []
+        for k in range(11):
+            px = x * k / 10
+            for (b, n), p in pos.items():
+                if p <= px <= p + n:
+                    g = b + int(px - p)
+                    ticks.append((px, _gpa_label(g * 4096)))
+                    break
+        for (b, n), p in pos.items():   # slot starts, unless a tick is already close
+            if all(abs(p - t[0]) > x / 25 for t in ticks):
+                ticks.append((p, _gpa_label(b * 4096)))
         ax.set_xticks([t[0] for t in ticks])
         ax.set_xticklabels([t[1] for t in ticks], fontsize=7, rotation=30)
-        ax.set_xlim(0, x * 1.18)
-        ax.set_xlabel("guest physical address (slots side by side, start address of each slot marked; holes not to scale)")
+        ax.set_xlim(0, x * 1.22)
+        ax.set_xlabel("guest physical address (slots side by side; holes between slots not to scale)", fontsize=9)
         ax.legend(handles=[Patch(color="#3b4cc0", label="private (encrypted)"),
-                           Patch(color="#f4a582", label="shared")], fontsize=8, loc="upper right",
-                  bbox_to_anchor=(1.0, 1.0 + 0.9 / len(maps)), ncol=2)
-        ax.set_title("Guest memory map (page-encryption bitmap) before and after migration", pad=18)
+                           Patch(color="#f4a582", label="shared")], fontsize=8, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2 - 0.35 / len(maps)), ncol=2)
+        ax.set_title("Guest memory map (page-encryption bitmap) before and after migration")
         fig.tight_layout()
         fn = "memory-map.png"
         fig.savefig(os.path.join(outdir, fn), dpi=110)

@@ -303,7 +303,7 @@ def hotplug(ctx):
                       if x["gfn"] < addr // 4096 + DIMM_MB * 256 and x["gfn"] + x["npages"] > addr // 4096)
         r.check("shared pages inside the DIMM arrived", in_dimm > 0, f"{in_dimm} shared pages in the DIMM")
         r.check("guest alive on destination", *check_alive(dst, src.last_tick()))
-        r.maps["hotplug: destination"] = qd
+        r.maps["destination (DIMM hot-plugged on the source)"] = qd
     r.check("every churn call accepted", not churn.errors, "; ".join(churn.errors[:3]))
     return r
 
