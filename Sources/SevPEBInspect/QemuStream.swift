@@ -202,6 +202,9 @@ public final class QemuStreamParser {
                         report.stop = (at, "FULL section '\(idstr)' (id \(id)): non-iterable device state follows; every sev-page-enc-bitmap section has been read")
                         return
                     }
+                    if load == nil {
+                        throw InspectError("offset \(at): FULL section '\(idstr)' instance \(inst) (id \(id)) reached with no sev-page-enc-bitmap section before it: the source did not send one (no sev-page-enc-bitmap object?)")
+                    }
                     throw InspectError("offset \(at): FULL section '\(idstr)' instance \(inst) (id \(id)) before the sev-page-enc-bitmap END section: device state cannot be skipped without its description")
                 }
                 if known[id] != nil {
@@ -430,6 +433,11 @@ extension StreamReport {
                 guard let n = ourCounts[t] else { return nil }
                 return "\(QemuVM.sectionTypeName(t)) x\(n) \(ourBytes[t]!) bytes"
             }.joined(separator: ", ")))
+        let mine = sections.filter { $0.idstr == Wire.idstr }
+        for sec in mine.prefix(12) {
+            out.append("  \(QemuVM.sectionTypeName(sec.type)) (id \(sec.id)) at offset \(sec.offset): \(sec.payloadBytes) payload bytes, \(sec.totalBytes) with framing")
+        }
+        if mine.count > 12 { out.append("  ... \(mine.count - 12) more sections") }
         if let t = ours {
             out += stateReport(t, maxRuns: maxRuns)
         }

@@ -214,10 +214,13 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         var f = s.bytes
         f[s.full - 1] = 9   // RAM END's footer id
         #expect(inspect(f).1?.message == "offset \(s.full - 5): footer of section 'ram' (id 1) carries section id 9")
-        // A device FULL section before our END.
-        var q = StreamBuilder(); q.header(); q.start(0x04, id: 7, "apic", version: 3)
-        let at = q.b.count - (1 + 4 + 1 + 4 + 4 + 4)
-        #expect(inspect(q.b).1?.message == "offset \(at): FULL section 'apic' instance 0 (id 7) before the sev-page-enc-bitmap END section: device state cannot be skipped without its description")
+        // A device FULL section before our END, and in a stream without ours.
+        var q = StreamBuilder(); q.header()
+        q.start(id: 2, Wire.idstr, version: 1); q.b += p.start; q.footer(2)
+        q.start(0x04, id: 7, "apic", version: 3)
+        #expect(inspect(q.b).1?.message == "offset \(q.b.count - 18): FULL section 'apic' instance 0 (id 7) before the sev-page-enc-bitmap END section: device state cannot be skipped without its description")
+        var n = StreamBuilder(); n.header(); n.start(0x04, id: 7, "apic", version: 3)
+        #expect(inspect(n.b).1?.message == "offset \(n.b.count - 18): FULL section 'apic' instance 0 (id 7) reached with no sev-page-enc-bitmap section before it: the source did not send one (no sev-page-enc-bitmap object?)")
         // PART for a section never started.
         var u = StreamBuilder(); u.header(); u.part(0x02, id: 4)
         #expect(inspect(u.b).1?.message == "offset \(u.b.count - 5): PART section id 4 without a START")
