@@ -10,6 +10,7 @@ Usage: test_qemu.py --env CURRENT_ENV [TEST ...]
 """
 import argparse
 import json
+import re
 import os
 import shutil
 import socket
@@ -232,6 +233,17 @@ def test_file_analyze_load(E):
           sec["layout"])
     check(len(sec["payloads"]) >= 2, sec["payloads"])
 
+    # The inspector reads the same whole stream (skipping RAM and the rest)
+    # and must verify the digest the source reported, and draw the map.
+    svg = os.path.join(E.workdir, "map.svg")
+    ins = subprocess.run([sevpeb_cli(), "inspect", path, "--svg", svg],
+                         capture_output=True, text=True, timeout=120)
+    check(ins.returncode == 0, f"sevpeb inspect rc={ins.returncode}: {ins.stdout[-800:]} {ins.stderr[-800:]}")
+    m = re.search(r"FINAL: digest 0x([0-9a-f]+), (\d+) pages, (\d+) shared: verified", ins.stdout)
+    check(m and int(m.group(1), 16) == before["digest"] and int(m.group(3)) == before["shared-pages"],
+          ins.stdout[-1500:])
+    check(os.path.getsize(svg) > 1000 and open(svg).read().lstrip().startswith("<"), "svg not written")
+
     dst = E.qemu("dst", incoming="defer")
     dst.qmp.cmd("migrate-incoming", uri=f"file:{path}")
     wait_status(dst.qmp, ("paused", "running"))
@@ -239,6 +251,17 @@ def test_file_analyze_load(E):
     check(state_of(after) == state_of(before), f"destination differs:\n{after}\n{before}")
     src.qmp.cmd("cont")
     wait_status(src.qmp, ("running",))
+
+
+def sevpeb_cli():
+    """The sevpeb CLI of this checkout ($SEVPEB_CLI, or built with swift build)."""
+    cli = os.environ.get("SEVPEB_CLI")
+    if cli:
+        return cli
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    subprocess.run(["swift", "build", "--product", "sevpeb"], cwd=repo, check=True,
+                   stdout=subprocess.DEVNULL, timeout=900)
+    return os.path.join(repo, ".build", "debug", "sevpeb")
 
 
 def test_live_tcp_churn(E):
