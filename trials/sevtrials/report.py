@@ -246,10 +246,10 @@ def pictures(results, outdir):
                 ax.set_xticklabels([f"{n}\n({'patched + object' if n == 'sevpeb' else 'QEMU 10.0 bpo, no object'})"
                                     for n in names], fontsize=9)
                 ax.set_ylabel(title)
-                ax.set_ylim(0, max(m[key] for v in sides.values() for m in v) * 1.25 + 1)
+                ax.set_ylim(0, max(m[key] for v in sides.values() for m in v) * 1.5 + 1)
                 ax.grid(True, axis="y", alpha=0.3)
                 ax.set_title(title + " with vs without sevpeb")
-                ax.legend(fontsize=8, loc="lower right")
+                ax.legend(fontsize=8, loc="upper right")
             fig.tight_layout()
             fn = "downtime-peer.png"
             fig.savefig(os.path.join(outdir, fn), dpi=110)
