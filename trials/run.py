@@ -61,6 +61,7 @@ def main():
                     help="max-bandwidth for migrations that get interrupted (reboot/cancel/kill), MiB/s")
     ap.add_argument("--dirty-mb", type=int, default=8, help="MiB the guest rewrites per second")
     ap.add_argument("--churn-rate", type=float, default=400, help="max x-sev-page-enc-bitmap-set calls/s")
+    ap.add_argument("--storm-rate", type=float, default=1000, help="max calls/s while the boot storm lasts")
     ap.add_argument("--storm-calls", type=int, default=None, help="boot-storm calls (quick 2000, full 19000)")
     ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits-fixed,truncate; full magic,bits,bits-fixed,final,truncate)")
     ap.add_argument("--mig-timeout", type=float, default=120, help="per-migration time bound, s")

@@ -92,7 +92,8 @@ class Churn:
 
     Patterns (mixed by `plan`):
       storm      OVMF-like boot storm: many small (1-4 page) allocate/free pairs
-                 (shared then private again), some left shared.
+                 (shared then private again), some left shared; 85% of the calls
+                 while it lasts, at up to storm_rate calls/s.
       bounce     a large contiguous shared range (bounce buffers / SWIOTLB, 8 or 16 MiB),
                  moved every bounce_period seconds and partly re-flipped (1-64 pages)
                  by 5% of the calls. Every changed page is also re-sent as RAM (the
@@ -100,10 +101,12 @@ class Churn:
       scattered  single pages flipped at random.
     """
 
-    def __init__(self, model, slots, *, rate=500, seed=1, storm_calls=0, region=None, bounce_period=3.0):
+    def __init__(self, model, slots, *, rate=500, seed=1, storm_calls=0, region=None, bounce_period=3.0,
+                 storm_rate=1000):
         self.model = model
         self.slots = [(s["base-gfn"], s["npages"]) for s in slots] if slots and isinstance(slots[0], dict) else slots
         self.rate = rate
+        self.storm_rate = storm_rate  # calls/s while the boot storm lasts (OVMF makes them in a burst)
         self.rng = random.Random(seed)
         self.storm_left = storm_calls
         self.region = region          # restrict to (gfn, npages) if given
@@ -149,7 +152,7 @@ class Churn:
     def step(self):
         """Issue one call of the current pattern mix."""
         r = self.rng.random()
-        if self.storm_left > 0:
+        if self.storm_left > 0 and self.rng.random() < 0.85:   # the storm, mixed with the rest
             self.storm_left -= 1
             if self._pending_free and (r < 0.5 or len(self._pending_free) > 8):
                 g, n = self._pending_free.pop(self.rng.randrange(len(self._pending_free)))
@@ -225,10 +228,10 @@ class Churn:
         self._thread.start()
 
     def _run(self, max_seconds):
-        period = 1.0 / self.rate
         t_end = time.monotonic() + max_seconds
         nxt = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < t_end:
+            period = 1.0 / (max(self.rate, self.storm_rate) if self.storm_left > 0 else self.rate)
             try:
                 self.step()
             except (EOFError, OSError) as e:

@@ -67,7 +67,7 @@ class Ctx:
     def new_churn(self, model, vm, storm=0, region=None, seed_add=0):
         slots = vm.peb_query(max_ranges=1)["slots"]
         return Churn(model, slots, rate=self.args.churn_rate, seed=self.args.seed + seed_add,
-                     storm_calls=storm, region=region)
+                     storm_calls=storm, region=region, storm_rate=self.args.storm_rate)
 
     def start_relay(self, host, listen, connect, mode, log_path):
         args = ["ip", "netns", "exec", self.hosts.ns[host], sys.executable, relay_mod.__file__,
@@ -173,7 +173,12 @@ def pingpong(ctx, count):
         r.check("fresh guest: all pages private", q0["shared-pages"] == 0, _summary(q0))
         churn = ctx.new_churn(model, src, storm=ctx.args.storm_calls)
         churn.start(src)
-        time.sleep(1.0)
+        # the storm is a boot-time burst: let a third of it happen before the first
+        # migration starts (bounded), the rest runs during the migrations
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20 and (time.monotonic() - t0 < 1 or
+                                              churn.storm_left > ctx.args.storm_calls * 2 // 3):
+            time.sleep(0.2)
         r.maps["source before migration 1"] = src.peb_query()
     for i in range(1, count + 1):
         h = ctx.hosts.other(src.host)
@@ -203,7 +208,8 @@ def pingpong(ctx, count):
             churn.start(src)
     if churn:
         r.check("every churn call accepted", not churn.errors, "; ".join(churn.errors[:3]))
-        r.numbers.update(churn_calls=churn.calls, **{f"churn_{k}": v for k, v in churn.counts.items()})
+        r.numbers.update(churn_calls=churn.calls, **{f"churn_{k}": v for k, v in churn.counts.items()},
+                         storm_calls_not_made=churn.storm_left)
     ctx.drop(src)
     return r
 
