@@ -13,6 +13,9 @@ extension Tracker {
         public var gfn: UInt64
         public var pages: Int
         public var kind: ChunkKind
+        /// Nothing was taken: the layout generation is not the one the
+        /// caller passed (its stream must declare the new layout first).
+        public var layoutChanged = false
     }
 
     public enum TakeMode {
@@ -30,10 +33,17 @@ extension Tracker {
     /// Take the first chunk at or after GFN `cursor` that `mode` selects:
     /// copy its bits into `buf` (Geometry.chunkWords words, when mixed),
     /// clear its dirty bit, and make it uniform if its block turned out to
-    /// be. Returns nil when no chunk is left after `cursor`.
+    /// be. Returns nil when no chunk is left after `cursor`. With
+    /// `layoutGeneration`, takes nothing and returns a snapshot with
+    /// `layoutChanged` set if the layout is no longer that generation (checked
+    /// under the same lock as the take).
     public func takeNextChunk(from cursor: UInt64, mode: TakeMode,
-                              into buf: UnsafeMutablePointer<UInt64>) -> ChunkSnapshot? {
+                              into buf: UnsafeMutablePointer<UInt64>,
+                              layoutGeneration gen: UInt64? = nil) -> ChunkSnapshot? {
         withLock { () -> ChunkSnapshot? in
+            if let gen, gen != layoutGeneration {
+                return ChunkSnapshot(gfn: 0, pages: 0, kind: .allPrivate, layoutChanged: true)
+            }
             var s = firstSlotEndingAfter(cursor)
             var first = true
             while s < slotCount {

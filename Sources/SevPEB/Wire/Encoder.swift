@@ -184,10 +184,20 @@ public final class SaveSession {
         var fill: (gfn: UInt64, n: UInt64, v: Bool)? = nil
         let start = w.total
         while true {
-            guard let snap = t.takeNextChunk(from: cursor, mode: mode, into: scratch) else {
+            guard let snap = t.takeNextChunk(from: cursor, mode: mode, into: scratch,
+                                             layoutGeneration: sentLayoutGeneration) else {
                 if let f = fill { try writeFill(&w, f.gfn, f.n, f.v) }
                 cursor = 0
                 return true
+            }
+            if snap.layoutChanged {
+                // The layout changed while this payload was being written
+                // (hot-plug from the VMM's thread): what was taken so far
+                // belongs to the layout already declared; declare the new one
+                // before any record taken under it.
+                if let f = fill { try writeFill(&w, f.gfn, f.n, f.v); fill = nil }
+                try writeLayout(t, &w)
+                continue
             }
             cursor = snap.gfn &+ UInt64(snap.pages)
             switch snap.kind {
