@@ -254,6 +254,7 @@ public final class Tracker {
             while i &+ 1 < count { arr[i] = arr[i &+ 1]; i &+= 1 }
             arr[count &- 1] = nil
             g.pointee.mixed &= ~m
+            g.pointee.hashOK &= ~m   // the cached hash went with the block
             if g.pointee.mixed == 0 { freeBlockArray(g) }
         }
         if value { g.pointee.shared &= ~m } else { g.pointee.shared |= m }
