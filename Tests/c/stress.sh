@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 7's C-level robustness runs, one command (README test command):
+#   1. Tests/c/stress.c against the installed Embedded archive (the shipped
+#      artifact, gcc -O2): STRESS_RUNS randomized migrations (default 1000),
+#      8 updater threads + VMM thread + migration thread + decoding destination.
+#   2. The same program under ThreadSanitizer, linked against a TSan-
+#      instrumented build of the library sources (ordinary Swift, swiftc
+#      -sanitize=thread): STRESS_TSAN_RUNS runs (default 1000).
+#   3. Tests/c/abuse.c against the installed archive under ASan + LSan + UBSan:
+#      create/destroy cycles, every error path, writers/readers failing at
+#      every offset, truncation and corruption at every byte.
+#   Tests/c/stress.sh [runs]     PREFIX=... (default $SEVPEB_PREFIX or a temp prefix)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-${STRESS_RUNS:-1000}}
+TSAN_RUNS=${STRESS_TSAN_RUNS:-$RUNS}
+PREFIX=${PREFIX:-${SEVPEB_PREFIX:-/tmp/sevpeb-stress-prefix}}
+OUT=${STRESS_OUT:-out-stress}
+mkdir -p "$OUT"
+pass=0; fail=0
+result() { if [ "$1" -eq 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "stress.sh: $2 FAILED (rc $1)"; fi; }
+
+make --no-print-directory install PREFIX="$PREFIX" >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; echo "0 passed, 1 failed"; exit 1; }
+PC="$(PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig pkg-config --cflags --libs sevpeb)"
+CFLAGS="-std=gnu11 -g -Wall -Wextra -Werror -pthread"
+
+echo "== stress: $RUNS runs against the installed archive"
+gcc $CFLAGS -O2 Tests/c/stress.c -o "$OUT/stress" $PC && "$OUT/stress" "$RUNS"
+result $? "stress (archive)"
+
+echo "== stress under TSan: $TSAN_RUNS runs, library built with -sanitize=thread"
+T="$OUT/tsan"; rm -rf "$T"; mkdir -p "$T/src/CSevPEB/include"
+cp -r Sources/SevPEB Sources/CSevPEBShims "$T/src/"
+cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$T/src/CSevPEB/include/"
+mapfile -t lib < <(find "$T/src/SevPEB" -name '*.swift' | sort)
+clang -O1 -g -fsanitize=thread -I "$T/src/CSevPEBShims/include" -c "$T/src/CSevPEBShims/shims.c" -o "$T/shims.o" &&
+clang -std=gnu11 -O1 -g -fsanitize=thread -I include -c Tests/c/stress.c -o "$T/stress.o" &&
+swiftc -parse-as-library -module-name SevPEB -O -g -sanitize=thread \
+    -I "$T/src/CSevPEBShims/include" -I "$T/src/CSevPEB/include" "${lib[@]}" "$T/shims.o" "$T/stress.o" \
+    -o "$T/stress-tsan" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2) &&
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "$T/stress-tsan" "$TSAN_RUNS"
+result $? "stress (TSan)"
+
+echo "== C ABI under ASan + LSan + UBSan: error paths, failing callbacks, corruption"
+gcc $CFLAGS -O1 -fsanitize=address,undefined -fno-sanitize-recover=all Tests/c/abuse.c -o "$OUT/abuse" $PC &&
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$OUT/abuse"
+result $? "abuse (ASan/LSan/UBSan)"
+
+echo "== stress under ASan + UBSan (100 runs)"
+gcc $CFLAGS -O1 -fsanitize=address,undefined -fno-sanitize-recover=all Tests/c/stress.c -o "$OUT/stress-asan" $PC &&
+ASAN_OPTIONS=detect_leaks=1 "$OUT/stress-asan" 100
+result $? "stress (ASan)"
+
+echo "stress.sh: $pass passed, $fail failed"
+[ $fail -eq 0 ]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build the libFuzzer targets: ordinary (non-Embedded) Swift over the library
+# sources + fuzz/common + one fuzz/targets/<name>.swift, compiled as one module
+# (so the checks can read internal state), with -sanitize=fuzzer,address
+# (SANITIZE=fuzzer,undefined for UBSan instead of ASan).
+#   fuzz/build.sh [target...]      -> fuzz/out/<target>   (default: every target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${FUZZ_OUT:-fuzz/out}
+SANITIZE=${SANITIZE:-fuzzer,address}
+mkdir -p "$OUT"
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    for f in fuzz/targets/*.swift; do targets+=("$(basename "$f" .swift)"); done
+fi
+# Build from a snapshot of the sources, so edits made meanwhile cannot
+# break the compile half-way.
+SRC="$OUT/src"
+rm -rf "$SRC" && mkdir -p "$SRC"
+cp -r Sources/SevPEB Sources/CSevPEBShims "$SRC/"
+mkdir -p "$SRC/CSevPEB/include"
+cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
+csan=${SANITIZE/fuzzer/fuzzer-no-link}
+clang -O1 -g -fsanitize="$csan" -I "$SRC/CSevPEBShims/include" -c "$SRC/CSevPEBShims/shims.c" -o "$OUT/shims.o"
+# The reference model's byte loops: ASan, but no coverage (it is the oracle).
+msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
+clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
+mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
+for t in "${targets[@]}"; do
+    swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
+        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
+        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/fuzz_model.o" \
+        -o "$OUT/$t" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2)
+    echo "built $OUT/$t"
+done

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Bounded libFuzzer runs of every target (README test command: --seconds 45).
+#
+#   fuzz/run.sh [--seconds N] [--no-build] [target...]
+#       build (fuzz/build.sh), then run each target for N seconds (default 60)
+#       on a work copy of its committed corpus (fuzz/corpus/<target>/: seeds
+#       from real encodings + every input that ever crashed, replayed first),
+#       with the format dictionary fuzz/sevpeb.dict. Prints exec counts; exits
+#       non-zero if any target found a crash, a leak, a timeout or a broken
+#       differential check (the input is saved as fuzz/artifacts/<target>-*).
+#
+#   Long runs (hours; new corpus entries accumulate in fuzz/corpus-work/):
+#       fuzz/run.sh --seconds 14400 decode roundtrip
+#       SANITIZE=fuzzer,undefined FUZZ_OUT=fuzz/out-ubsan fuzz/run.sh --seconds 3600
+#   Minimize a crash and keep it as a regression input:
+#       fuzz/out/<t> -minimize_crash=1 -runs=10000 fuzz/artifacts/<t>-crash-...
+#       cp <minimized> fuzz/corpus/<t>/regress-<what>
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=60
+BUILD=1
+targets=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) SECONDS_EACH=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        *) targets+=("$1"); shift ;;
+    esac
+done
+if [ ${#targets[@]} -eq 0 ]; then
+    for f in fuzz/targets/*.swift; do targets+=("$(basename "$f" .swift)"); done
+fi
+OUT=${FUZZ_OUT:-fuzz/out}
+if [ "$BUILD" = 1 ]; then
+    FUZZ_OUT=$OUT bash fuzz/build.sh "${targets[@]}" || { echo "fuzz: build failed"; echo "0 passed, 1 failed"; exit 1; }
+fi
+export SWIFT_BACKTRACE=enable=no        # libFuzzer + ASan report crashes themselves
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
+mkdir -p fuzz/artifacts fuzz/corpus-work
+pass=0; fail=0
+summary=()
+for t in "${targets[@]}"; do
+    work=fuzz/corpus-work/$t
+    mkdir -p "$work" "fuzz/corpus/$t"
+    log=fuzz/artifacts/$t.log
+    "$OUT/$t" -max_total_time="$SECONDS_EACH" -max_len=8192 -timeout=20 -rss_limit_mb=3072 \
+        -dict=fuzz/sevpeb.dict -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t-" \
+        "$work" "fuzz/corpus/$t" >"$log" 2>&1
+    rc=$?
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
+    corp=$(ls "$work" | wc -l)
+    if [ $rc -eq 0 ]; then
+        pass=$((pass + 1)); st=ok
+    else
+        fail=$((fail + 1)); st="FAILED (rc $rc, see $log)"
+        grep -E 'FUZZ CHECK FAILED|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY|Test unit written' "$log" | head -8
+    fi
+    line=$(printf 'fuzz %-10s %8s execs in %ss (%s exec/s), cov %s, corpus %s: %s' "$t" "${execs:-?}" "$SECONDS_EACH" "${rate:-?}" "${cov:-?}" "$corp" "$st")
+    echo "$line"; summary+=("$line")
+done
+echo "---"
+printf '%s\n' "${summary[@]}"
+echo "fuzz: $pass passed, $fail failed"
+[ $fail -eq 0 ]

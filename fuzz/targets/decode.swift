@@ -1,0 +1,64 @@
+import CSevPEBShims
+let fuzzTarget = "decode"
+// Fuzz target: the migration section decoder on hostile bytes.
+//
+// Input: byte 0 picks the destination's layout (OpDriver.layouts), byte 1
+// seeds its state before the load, the rest is the stream: one or more
+// payloads, loaded one per LoadSession.load call (part by part) until a
+// commit, an error or the end.
+//
+// Checks: nothing traps; a load that fails or does not commit leaves the
+// destination exactly as it was (layout, every page, digest, control) and
+// poisons the session; a committed state satisfies the invariants and
+// survives decode(encode(state)) unchanged.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzDecode(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    var inp = FuzzInput(data, size)
+    let dst: Tracker, ls: LoadSession
+    do throws(SevError) { dst = try Tracker.create(); ls = try LoadSession.create() } catch { return 0 }
+    var d = OpDriver(dst)
+    d.applyLayout(inp.pick(OpDriver.layouts.count))
+    let pre = inp.u8()
+    if pre != 0 && !d.m.slots.isEmpty {
+        var rng = SplitMix(state: UInt64(pre))
+        for _ in 0..<Int(pre % 8) {
+            let s = d.m.slots[Int(rng.next() % UInt64(d.m.slots.count))]
+            let off = rng.next() % UInt64(s.bits.count)
+            let n = 1 + rng.next() % (UInt64(s.bits.count) - off)
+            _ = try? dst.setRange(s.base + off, min(n, 40_000), private: false)
+        }
+        if pre & 0x80 != 0 { try? dst.setMigrationControl(1) }
+    }
+    let before = RawState(dst)
+    let stream = inp.rest()
+    ls.setup()
+    let (committed, error, _) = Stream.decode(dst, ls, stream)
+    if !committed {
+        if RawState(dst) != before { fuzzFail("decode without commit (\(error?.message ?? "stream ended")) changed the destination") }
+        if let v = dst.fuzzInvariantViolation() { fuzzFail("after a failed decode: \(v)") }
+        if error != nil {
+            var again = ArraySource(stream)
+            do throws(SevError) {
+                _ = try ls.load(dst, &again, version: 1)
+                fuzzFail("a failed session accepted another section")
+            } catch { if error.code != EBADMSG { fuzzFail("poisoned session: errno \(error.code)") } }
+        }
+        return 0
+    }
+    if let v = dst.fuzzInvariantViolation() { fuzzFail("after commit: \(v)") }
+    if dst.slotList != before.slots { fuzzFail("commit changed the layout") }
+    if dst.pendingChunks != 0 { fuzzFail("committed state has \(dst.pendingChunks) dirty chunks") }
+    // decode(encode(state)) == state, into a fresh tracker with the same layout.
+    let state = RawState(dst)
+    let again: Tracker, ls2: LoadSession
+    do throws(SevError) { again = try Tracker.create(); ls2 = try LoadSession.create() } catch { return 0 }
+    for s in state.slots {
+        do throws(SevError) { try again.addSlot(base: s.base, pages: s.pages) } catch { fuzzFail("re-add: \(error.message)") }
+    }
+    ls2.setup()
+    let (ok, e2, _) = Stream.decode(again, ls2, Stream.encodeFull(dst))
+    if !ok { fuzzFail("re-encoded committed state does not decode: \(e2?.message ?? "no commit")") }
+    if RawState(again) != state { fuzzFail("decode(encode(committed state)) differs from it") }
+    if let v = again.fuzzInvariantViolation() { fuzzFail("after re-decode: \(v)") }
+    return 0
+}
