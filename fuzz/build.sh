@@ -2,7 +2,7 @@
 # Build the libFuzzer targets: ordinary (non-Embedded) Swift over the library
 # sources + fuzz/common + one fuzz/targets/<name>.swift, compiled as one module
 # (so the checks can read internal state), with -sanitize=fuzzer,address
-# (SANITIZE=fuzzer,undefined for UBSan instead of ASan).
+# (SANITIZE=fuzzer for no ASan; swiftc rejects -sanitize=undefined).
 #   fuzz/build.sh [target...]      -> fuzz/out/<target>   (default: every target)
 set -euo pipefail
 cd "$(dirname "$0")/.."

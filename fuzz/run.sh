@@ -11,7 +11,9 @@
 #
 #   Long runs (hours; new corpus entries accumulate in fuzz/corpus-work/):
 #       fuzz/run.sh --seconds 14400 decode roundtrip
-#       SANITIZE=fuzzer,undefined FUZZ_OUT=fuzz/out-ubsan fuzz/run.sh --seconds 3600
+#   (swiftc has no -sanitize=undefined: Swift traps on overflow and bounds by
+#   itself, and the fuzzers run -O with those checks on; UBSan covers the C
+#   side in Tests/c/stress.sh.)
 #   Minimize a crash and keep it as a regression input:
 #       fuzz/out/<t> -minimize_crash=1 -runs=10000 fuzz/artifacts/<t>-crash-...
 #       cp <minimized> fuzz/corpus/<t>/regress-<what>
