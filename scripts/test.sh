@@ -25,10 +25,11 @@ step "fuzzing: bounded libFuzzer runs (${FUZZ_SECONDS} s per target)" \
     bash fuzz/run.sh --seconds "$FUZZ_SECONDS"
 step "concurrency stress: 1000 randomized migrations, 8+ updater threads (TSan)" \
     bash Tests/c/stress.sh
-step "benchmarks still run (quick mode; figures, not goals)" \
-    bash bench/run.sh --quick
 step "patched QEMU: build or reuse from the cache" \
     bash scripts/build-qemu.sh
+# After the QEMU build: it adds the trixie deb-src entry the bench's QEMU peer source comes from.
+step "benchmarks still run (quick mode; figures, not goals)" \
+    bash bench/run.sh --quick
 step "QEMU-level tests (TCG): file/TCP migration, reset, hotplug, hostile streams, inspector" \
     bash tests/qemu/run.sh
 step "cross-host trials: quick subset (network namespaces)" \
