@@ -127,6 +127,18 @@ def trials_section():
         if not isinstance(d, dict):
             continue
         flat = {}
+        # trials/out/results.json: the "peer" scenario carries the side-by-side
+        # medians (sevpeb vs stock QEMU) and their ratios.
+        for sc in d.get("scenarios", []) if isinstance(d.get("scenarios"), list) else []:
+            if isinstance(sc, dict) and sc.get("key") == "peer" and isinstance(sc.get("numbers"), dict):
+                num = sc["numbers"]
+                for side, v in (num.get("per_side") or {}).items():
+                    flat[f"{side}: median total (ms), {v.get('n')} migrations"] = v.get("total_ms")
+                    flat[f"{side}: median downtime (ms)"] = v.get("downtime_ms")
+                flat["ratio total time (with / without sevpeb)"] = num.get("ratio_total")
+                flat["ratio downtime (with / without sevpeb)"] = num.get("ratio_downtime")
+                meta = d.get("meta", {})
+                flat["run"] = f"{meta.get('cmdline', '')} ({meta.get('date', '')}), peer {meta.get('peer_version', '')}"
 
         def walk(prefix, x):
             if isinstance(x, dict):
