@@ -708,7 +708,7 @@ public final class Tracker {
                 let o = slots![i &+ 1]
                 throw SevError(EEXIST, "slot \(hex(base)) grown to \(pages) pages overlaps slot \(hex(o.base))..\(hex(o.end))")
             }
-            let oldChunks = Geometry.chunks(old.pages), newChunks = Geometry.chunks(pages)
+            let newChunks = Geometry.chunks(pages)
             let ng = Int(truncatingIfNeeded: Geometry.groups(pages))
             // The old boundary chunk keeps its block; its pages beyond the old
             // end become private (grow) or are cut (shrink).
@@ -770,7 +770,6 @@ public final class Tracker {
                     Bits.fill(block(bg, boundary & 63), from: from, to: to, value: true)
                 }
             }
-            _ = oldChunks
             markAllChanged(i, fromChunk: boundary)
             layoutGeneration &+= 1
         }
