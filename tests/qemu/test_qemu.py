@@ -466,7 +466,7 @@ def test_bad_requests(E):
             src.qmp.cmd("x-sev-page-enc-bitmap-set", gpa=gpa, npages=npages, encrypted=False)
             raise AssertionError(f"accepted gpa {gpa:#x} npages {npages}")
         except QMPError as e:
-            check(e.error.get("desc"), e.error)
+            check(e.desc, str(e))
     check(state_of(query(src.qmp)) == state_of(before), "state changed")
 
 
