@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "sevpeb.h"
+#include "testchan.h"
 
 static int passed, failed;
 #define CHECK(cond, ...)                                                        \
@@ -40,39 +41,6 @@ static int passed, failed;
         CHECK(sevpeb_last_error() && sevpeb_last_error()[0], "%s: no message", #expr); \
     } while (0)
 
-typedef struct {
-    uint8_t *data;
-    size_t len, cap, off;
-    long fail_at;   /* write: fail once len would pass this; read: fail at this offset */
-    int err;        /* errno to fail with */
-} chan;
-
-static int ch_write(void *o, const uint8_t *p, size_t n)
-{
-    chan *c = o;
-    if (c->fail_at >= 0 && c->len + n > (size_t)c->fail_at) return -c->err;
-    if (c->len + n > c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 1024;
-        while (nc < c->len + n) nc *= 2;
-        uint8_t *d = realloc(c->data, nc);
-        if (!d) return -ENOMEM;
-        c->data = d;
-        c->cap = nc;
-    }
-    memcpy(c->data + c->len, p, n);
-    c->len += n;
-    return 0;
-}
-static int ch_read(void *o, uint8_t *p, size_t n)
-{
-    chan *c = o;
-    if (c->fail_at >= 0 && c->off + n > (size_t)c->fail_at) return -c->err;
-    if (c->len - c->off < n) return -ENODATA;
-    memcpy(p, c->data + c->off, n);
-    c->off += n;
-    return 0;
-}
-static chan ch_new(void) { chan c = {0}; c.fail_at = -1; c.err = EIO; return c; }
 
 /* State fingerprint: digest, totals, control, and the bitmap of every slot. */
 typedef struct { uint64_t digest, pages, shared, control; uint8_t *bits; size_t nbits; int slots; } fp_t;
@@ -121,16 +89,16 @@ static sevpeb_tracker *make(int shared_pattern)
 /* A whole migration src -> dst through clean channels: 1 if committed. */
 static int migrate(sevpeb_tracker *src, sevpeb_tracker *dst)
 {
-    chan a = ch_new(), b = ch_new(), c = ch_new();
-    int ok = sevpeb_save_setup(src, ch_write, &a) == 0;
+    testchan a = { 0 }, b = { 0 }, c = { 0 };
+    int ok = sevpeb_save_setup(src, testchan_write, &a) == 0;
     sevpeb_set_range(src, 10, 3, SEVPEB_SHARED);
-    ok = ok && sevpeb_save_iterate(src, ch_write, &b, 0) >= 0;
-    ok = ok && sevpeb_save_complete(src, ch_write, &c) == 0;
+    ok = ok && sevpeb_save_iterate(src, testchan_write, &b, 0) >= 0;
+    ok = ok && sevpeb_save_complete(src, testchan_write, &c) == 0;
     sevpeb_save_cleanup(src);
     sevpeb_load_setup(dst);
-    ok = ok && sevpeb_load_state(dst, ch_read, &a, 1) == 0;
-    ok = ok && sevpeb_load_state(dst, ch_read, &b, 1) == 0;
-    ok = ok && sevpeb_load_state(dst, ch_read, &c, 1) == 1;
+    ok = ok && sevpeb_load_state(dst, testchan_read, &a, 1) == 0;
+    ok = ok && sevpeb_load_state(dst, testchan_read, &b, 1) == 0;
+    ok = ok && sevpeb_load_state(dst, testchan_read, &c, 1) == 1;
     sevpeb_load_cleanup(dst);
     free(a.data); free(b.data); free(c.data);
     return ok;
@@ -140,14 +108,14 @@ static void test_create_destroy(void)
 {
     for (int i = 0; i < 300; i++) {
         sevpeb_tracker *t = make(i % 7 + 1);
-        chan a = ch_new();
-        if (i % 3 == 0) sevpeb_save_setup(t, ch_write, &a);   /* destroyed with a save active */
+        testchan a = { 0 };
+        if (i % 3 == 0) sevpeb_save_setup(t, testchan_write, &a);   /* destroyed with a save active */
         if (i % 5 == 0) {                                      /* ... or a load with staging */
             sevpeb_load_setup(t);
-            chan r = ch_new();
+            testchan r = { 0 };
             sevpeb_tracker *s = make(1);
-            sevpeb_save_setup(s, ch_write, &r);
-            sevpeb_load_state(t, ch_read, &r, 1);
+            sevpeb_save_setup(s, testchan_write, &r);
+            sevpeb_load_state(t, testchan_read, &r, 1);
             sevpeb_tracker_destroy(s);
             free(r.data);
         }
@@ -185,12 +153,12 @@ static void test_error_paths(void)
     ERR(sevpeb_set_migration_control(NULL, 1), -EINVAL);
     ERR(sevpeb_set_require_ready(NULL, 1), -EINVAL);
     ERR(sevpeb_may_migrate(NULL), -EINVAL);
-    ERR(sevpeb_save_setup(NULL, ch_write, NULL), -EINVAL);
-    ERR(sevpeb_save_iterate(NULL, ch_write, NULL, 0), -EINVAL);
-    ERR(sevpeb_save_complete(NULL, ch_write, NULL), -EINVAL);
+    ERR(sevpeb_save_setup(NULL, testchan_write, NULL), -EINVAL);
+    ERR(sevpeb_save_iterate(NULL, testchan_write, NULL, 0), -EINVAL);
+    ERR(sevpeb_save_complete(NULL, testchan_write, NULL), -EINVAL);
     ERR(sevpeb_save_get_stats(NULL, NULL), -EINVAL);
     ERR(sevpeb_load_setup(NULL), -EINVAL);
-    ERR(sevpeb_load_state(NULL, ch_read, NULL, 1), -EINVAL);
+    ERR(sevpeb_load_state(NULL, testchan_read, NULL, 1), -EINVAL);
     CHECK(sevpeb_memory_bytes(NULL) == 0 && sevpeb_save_pending(NULL) == 0 && sevpeb_get_migration_control(NULL) == 0, "NULL getters");
     sevpeb_save_cleanup(NULL);
     sevpeb_load_cleanup(NULL);
@@ -241,22 +209,22 @@ static void test_error_paths(void)
     ERR(sevpeb_map_gpa_range(t, (1ull << 29) << 12, 1, 0x10), -SEVPEB_KVM_EINVAL);
     ERR(sevpeb_set_migration_control(t, 2), -EINVAL);
     /* Session errors. */
-    chan c = ch_new();
-    ERR(sevpeb_save_iterate(t, ch_write, &c, 0), -EPROTO);
-    ERR(sevpeb_save_complete(t, ch_write, &c), -EPROTO);
+    testchan c = { 0 };
+    ERR(sevpeb_save_iterate(t, testchan_write, &c, 0), -EPROTO);
+    ERR(sevpeb_save_complete(t, testchan_write, &c), -EPROTO);
     sevpeb_set_migration_control(t, 0);
     sevpeb_set_require_ready(t, 1);
     ERR(sevpeb_may_migrate(t), 0);
-    ERR(sevpeb_save_setup(t, ch_write, &c), -EAGAIN);
+    ERR(sevpeb_save_setup(t, testchan_write, &c), -EAGAIN);
     sevpeb_set_require_ready(t, 0);
     sevpeb_set_migration_control(t, 1);
-    CHECK(sevpeb_save_setup(t, ch_write, &c) == 0, "setup");
-    ERR(sevpeb_save_setup(t, ch_write, &c), -EBUSY);
+    CHECK(sevpeb_save_setup(t, testchan_write, &c) == 0, "setup");
+    ERR(sevpeb_save_setup(t, testchan_write, &c), -EBUSY);
     sevpeb_save_cleanup(t);
     sevpeb_load_setup(t);
     c.off = 0;
-    ERR(sevpeb_load_state(t, ch_read, &c, 2), -EPROTONOSUPPORT);
-    ERR(sevpeb_load_state(t, ch_read, &c, 1), -EBADMSG);   /* poisoned until load_setup */
+    ERR(sevpeb_load_state(t, testchan_read, &c, 2), -EPROTONOSUPPORT);
+    ERR(sevpeb_load_state(t, testchan_read, &c, 1), -EBADMSG);   /* poisoned until load_setup */
     sevpeb_load_cleanup(t);
     free(c.data);
     fp_t after = fingerprint(t);
@@ -271,13 +239,13 @@ static void test_error_paths(void)
 static void test_failing_writer(void)
 {
     sevpeb_tracker *t = make(5);
-    chan full[3] = {ch_new(), ch_new(), ch_new()};
-    sevpeb_save_setup(t, ch_write, &full[0]);
+    testchan full[3] = { { 0 } };
+    sevpeb_save_setup(t, testchan_write, &full[0]);
     sevpeb_set_range(t, 20000, 40, SEVPEB_SHARED);
-    sevpeb_save_iterate(t, ch_write, &full[1], 0);
+    sevpeb_save_iterate(t, testchan_write, &full[1], 0);
     sevpeb_set_range(t, 20000, 40, SEVPEB_PRIVATE);
     sevpeb_set_range(t, 30000, 4000, SEVPEB_SHARED);
-    sevpeb_save_complete(t, ch_write, &full[2]);
+    sevpeb_save_complete(t, testchan_write, &full[2]);
     sevpeb_save_cleanup(t);
     fp_t before = fingerprint(t);
     int cases = 0, errs = 0;
@@ -285,18 +253,19 @@ static void test_failing_writer(void)
         size_t len = full[phase].len;
         size_t step = len > 400 ? len / 200 : 1;
         for (size_t at = 0; at < len; at += step) {
-            chan ok = ch_new(), bad = ch_new();
-            bad.fail_at = (long)at;
+            testchan ok = { 0 }, bad = { 0 };
+            bad.fail = 1;
+            bad.fail_at = at;
             bad.err = (at & 1) ? EIO : EPIPE;
             int rc = 0;
             if (phase == 0) {
-                rc = sevpeb_save_setup(t, ch_write, &bad);
+                rc = sevpeb_save_setup(t, testchan_write, &bad);
             } else {
-                if (sevpeb_save_setup(t, ch_write, &ok) != 0) failed++;
+                if (sevpeb_save_setup(t, testchan_write, &ok) != 0) failed++;
                 /* Changes to send after START; undone after the failure. */
                 sevpeb_set_range(t, 20000, 40, SEVPEB_SHARED);
                 sevpeb_set_range(t, 30000, 4000, SEVPEB_PRIVATE);
-                rc = phase == 1 ? sevpeb_save_iterate(t, ch_write, &bad, 0) : sevpeb_save_complete(t, ch_write, &bad);
+                rc = phase == 1 ? sevpeb_save_iterate(t, testchan_write, &bad, 0) : sevpeb_save_complete(t, testchan_write, &bad);
                 if (phase == 1 && rc == 1) rc = 0;
                 sevpeb_set_range(t, 20000, 40, SEVPEB_PRIVATE);
                 sevpeb_set_range(t, 30000, 4000, SEVPEB_SHARED);
@@ -328,12 +297,12 @@ static void test_failing_writer(void)
 static void test_failing_reader(void)
 {
     sevpeb_tracker *src = make(9);
-    chan s[3] = {ch_new(), ch_new(), ch_new()};
-    sevpeb_save_setup(src, ch_write, &s[0]);
+    testchan s[3] = { { 0 } };
+    sevpeb_save_setup(src, testchan_write, &s[0]);
     sevpeb_set_range(src, 7, 70, SEVPEB_SHARED);
-    sevpeb_save_iterate(src, ch_write, &s[1], 0);
+    sevpeb_save_iterate(src, testchan_write, &s[1], 0);
     sevpeb_set_range(src, 5000, 3, SEVPEB_SHARED);
-    sevpeb_save_complete(src, ch_write, &s[2]);
+    sevpeb_save_complete(src, testchan_write, &s[2]);
     sevpeb_save_cleanup(src);
     sevpeb_tracker *dst = make(2);   /* a different state of its own */
     fp_t before = fingerprint(dst);
@@ -348,15 +317,15 @@ static void test_failing_reader(void)
                 sevpeb_load_setup(dst);
                 int rc = 0;
                 for (int p = 0; p <= phase && rc >= 0; p++) {
-                    chan r = s[p];
+                    testchan r = s[p];
                     r.off = 0;
-                    r.fail_at = -1;
+                    r.fail = 0;
                     uint8_t *copy = NULL;
                     if (p == phase) {
-                        if (mode < 2) { r.fail_at = (long)at; r.err = mode == 0 ? ENODATA : EIO; }
+                        if (mode < 2) { r.fail = 1; r.fail_at = at; r.err = mode == 0 ? ENODATA : EIO; }
                         else { copy = malloc(len); memcpy(copy, r.data, len); copy[at] ^= (uint8_t)(1u << (at % 8)); r.data = copy; }
                     }
-                    rc = sevpeb_load_state(dst, ch_read, &r, 1);
+                    rc = sevpeb_load_state(dst, testchan_read, &r, 1);
                     free(copy);
                 }
                 sevpeb_load_cleanup(dst);

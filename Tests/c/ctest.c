@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "sevpeb.h"
+#include "testchan.h"
 
 static int passed, failed;
 
@@ -27,49 +28,6 @@ static int passed, failed;
             fprintf(stderr, " (last error: %s)\n", sevpeb_last_error());    \
         }                                                                    \
     } while (0)
-
-/* ---- a growable byte buffer used as the migration channel ---- */
-typedef struct {
-    uint8_t *data;
-    size_t len, cap, off;
-    int fail_after; /* write: fail once this many bytes are written (-1 off) */
-} buf_t;
-
-static int buf_write(void *opaque, const uint8_t *p, size_t n)
-{
-    buf_t *b = opaque;
-    if (b->fail_after >= 0 && b->len + n > (size_t)b->fail_after) {
-        return -EIO;
-    }
-    if (b->len + n > b->cap) {
-        size_t nc = (b->cap ? b->cap * 2 : 4096);
-        while (nc < b->len + n) {
-            nc *= 2;
-        }
-        uint8_t *d = realloc(b->data, nc);
-        if (!d) {
-            return -ENOMEM;
-        }
-        b->data = d;
-        b->cap = nc;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static int buf_read(void *opaque, uint8_t *p, size_t n)
-{
-    buf_t *b = opaque;
-    if (b->off + n > b->len) {
-        return -ENODATA;
-    }
-    memcpy(p, b->data + b->off, n);
-    b->off += n;
-    return 0;
-}
-
-static void buf_free(buf_t *b) { free(b->data); memset(b, 0, sizeof(*b)); b->fail_after = -1; }
 
 /* ---- naive model: one byte per page ---- */
 #define MODEL_PAGES (1u << 20)
@@ -186,10 +144,10 @@ static void test_basics(void)
     CHECK(sevpeb_may_migrate(t) == 1, "may");
     CHECK(sevpeb_set_require_ready(t, 1) == 0 && sevpeb_may_migrate(t) == 0, "not ready");
     CHECK(strstr(sevpeb_last_error(), "migration-ready") != NULL, "reason: %s", sevpeb_last_error());
-    buf_t s = { .fail_after = -1 };
-    CHECK(sevpeb_save_setup(t, buf_write, &s) == -EAGAIN, "setup refused");
+    testchan s = { 0 };
+    CHECK(sevpeb_save_setup(t, testchan_write, &s) == -EAGAIN, "setup refused");
     CHECK(sevpeb_set_migration_control(t, 1) == 0 && sevpeb_may_migrate(t) == 1, "ready");
-    buf_free(&s);
+    testchan_free(&s);
 
     /* digest and memory */
     uint64_t d1, d2;
@@ -239,18 +197,18 @@ static void test_migration(void)
     }
     sevpeb_set_migration_control(src, 1);
 
-    buf_t s = { .fail_after = -1 };
-    CHECK(sevpeb_save_iterate(src, buf_write, &s, 0) == -EPROTO, "iterate before setup");
-    CHECK(sevpeb_save_setup(src, buf_write, &s) == 0, "setup");
-    CHECK(sevpeb_save_setup(src, buf_write, &s) == -EBUSY, "second setup");
+    testchan s = { 0 };
+    CHECK(sevpeb_save_iterate(src, testchan_write, &s, 0) == -EPROTO, "iterate before setup");
+    CHECK(sevpeb_save_setup(src, testchan_write, &s) == 0, "setup");
+    CHECK(sevpeb_save_setup(src, testchan_write, &s) == -EBUSY, "second setup");
     size_t setup_len = s.len;
     CHECK(setup_len < 4096, "setup bytes %zu", setup_len);
     sevpeb_set_range(src, 0x200000, 33, 0);
-    int rc = sevpeb_save_iterate(src, buf_write, &s, 1 << 20);
+    int rc = sevpeb_save_iterate(src, testchan_write, &s, 1 << 20);
     CHECK(rc == 1, "iterate done %d", rc);
     CHECK(sevpeb_save_pending(src) == 0, "nothing pending");
     size_t before = s.len;
-    CHECK(sevpeb_save_complete(src, buf_write, &s) == 0, "complete");
+    CHECK(sevpeb_save_complete(src, testchan_write, &s) == 0, "complete");
     CHECK(s.len - before <= 64, "complete bytes %zu", s.len - before);
     sevpeb_save_stats st = { .size = sizeof(st) };
     CHECK(sevpeb_save_get_stats(src, &st) == 0 && st.setup_bytes == setup_len && st.iterations == 1 &&
@@ -261,9 +219,9 @@ static void test_migration(void)
 
     /* the three payloads: setup, iterate, complete */
     CHECK(sevpeb_load_setup(dst) == 0, "load setup");
-    int r1 = sevpeb_load_state(dst, buf_read, &s, 1);
-    int r2 = sevpeb_load_state(dst, buf_read, &s, 1);
-    int r3 = sevpeb_load_state(dst, buf_read, &s, 1);
+    int r1 = sevpeb_load_state(dst, testchan_read, &s, 1);
+    int r2 = sevpeb_load_state(dst, testchan_read, &s, 1);
+    int r3 = sevpeb_load_state(dst, testchan_read, &s, 1);
     CHECK(r1 == 0 && r2 == 0 && r3 == 1, "load %d %d %d", r1, r2, r3);
     CHECK(s.off == s.len, "consumed all");
     check_equal(src, dst, "round trip");
@@ -276,11 +234,11 @@ static void test_migration(void)
     sevpeb_digest(dst, &before_digest);
     int bad = 0;
     for (size_t cut = 0; cut < s.len; cut += (cut < 64 ? 1 : 97)) {
-        buf_t c = { .data = s.data, .len = cut, .fail_after = -1 };
+        testchan c = { .data = s.data, .len = cut };
         sevpeb_load_setup(dst);
         int rr = 0;
         for (int k = 0; k < 3 && rr >= 0; k++) {
-            rr = sevpeb_load_state(dst, buf_read, &c, 1);
+            rr = sevpeb_load_state(dst, testchan_read, &c, 1);
             if (rr == 1) {
                 break;
             }
@@ -299,11 +257,11 @@ static void test_migration(void)
         uint8_t *copy = malloc(s.len);
         memcpy(copy, s.data, s.len);
         copy[i] ^= 0x10;
-        buf_t c = { .data = copy, .len = s.len, .fail_after = -1 };
+        testchan c = { .data = copy, .len = s.len };
         sevpeb_load_setup(dst);
         int rr = 0;
         for (int k = 0; k < 3; k++) {
-            rr = sevpeb_load_state(dst, buf_read, &c, 1);
+            rr = sevpeb_load_state(dst, testchan_read, &c, 1);
             if (rr != 0) {
                 break;
             }
@@ -319,21 +277,21 @@ static void test_migration(void)
     CHECK(accepted == 0 && before_digest == after_digest, "flipped bytes: %d accepted", accepted);
 
     /* version check */
-    buf_t c = { .data = s.data, .len = s.len, .fail_after = -1 };
+    testchan c = { .data = s.data, .len = s.len };
     sevpeb_load_setup(dst);
-    CHECK(sevpeb_load_state(dst, buf_read, &c, 2) == -EPROTONOSUPPORT, "version 2");
+    CHECK(sevpeb_load_state(dst, testchan_read, &c, 2) == -EPROTONOSUPPORT, "version 2");
     sevpeb_load_cleanup(dst);
 
     /* writer failure mid-save: error returned, source state unchanged */
     uint64_t d0, d1;
     sevpeb_digest(src, &d0);
-    buf_t w = { .fail_after = 10 };
-    CHECK(sevpeb_save_setup(src, buf_write, &w) == -EIO, "write error");
+    testchan w = { .fail = 1, .fail_at = 10 };
+    CHECK(sevpeb_save_setup(src, testchan_write, &w) == -EIO, "write error");
     sevpeb_save_cleanup(src);
     sevpeb_digest(src, &d1);
     CHECK(d0 == d1, "source unchanged after failed save");
-    buf_free(&w);
-    buf_free(&s);
+    testchan_free(&w);
+    testchan_free(&s);
     sevpeb_tracker_destroy(src);
     sevpeb_tracker_destroy(dst);
 }
@@ -376,8 +334,8 @@ static void test_threads(void)
         sevpeb_slot_add(dst, 0, MODEL_PAGES);
         int calls = 0;
         sevpeb_set_change_callback(src, on_change, &calls);
-        buf_t s = { .fail_after = -1 };
-        CHECK(sevpeb_save_setup(src, buf_write, &s) == 0, "setup");
+        testchan s = { 0 };
+        CHECK(sevpeb_save_setup(src, testchan_write, &s) == 0, "setup");
         pthread_t th[8];
         targ_t args[8];
         for (int i = 0; i < 8; i++) {
@@ -386,7 +344,7 @@ static void test_threads(void)
         }
         int iters = 0;
         for (int i = 0; i < 50; i++) {
-            if (sevpeb_save_iterate(src, buf_write, &s, 4096) < 0) {
+            if (sevpeb_save_iterate(src, testchan_write, &s, 4096) < 0) {
                 break;
             }
             sevpeb_save_pending(src);
@@ -396,18 +354,18 @@ static void test_threads(void)
             pthread_join(th[i], NULL);
         }
         /* "VM stopped": drain, complete */
-        CHECK(sevpeb_save_complete(src, buf_write, &s) == 0, "complete");
+        CHECK(sevpeb_save_complete(src, testchan_write, &s) == 0, "complete");
         sevpeb_save_cleanup(src);
         sevpeb_load_setup(dst);
         int r = 0, n = 0;
-        while ((r = sevpeb_load_state(dst, buf_read, &s, 1)) == 0 && n < 1000) {
+        while ((r = sevpeb_load_state(dst, testchan_read, &s, 1)) == 0 && n < 1000) {
             n++;
         }
         CHECK(r == 1, "committed after %d payloads (r=%d)", n, r);
         check_equal(src, dst, "threads");
         CHECK(calls > 0, "callbacks %d", calls);
         sevpeb_load_cleanup(dst);
-        buf_free(&s);
+        testchan_free(&s);
         sevpeb_tracker_destroy(src);
         sevpeb_tracker_destroy(dst);
     }

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "sevpeb.h"
+#include "testchan.h"
 
 static int passed, failed, skipped;
 
@@ -611,32 +612,6 @@ static void part_c(void)
 }
 
 /* ---- part D: migrate from a v6 kernel to a v8 kernel ---- */
-typedef struct {
-    uint8_t *data;
-    size_t len, cap, off;
-} chan;
-
-static int ch_write(void *o, const uint8_t *p, size_t n)
-{
-    chan *c = o;
-    if (c->len + n > c->cap) {
-        c->cap = (c->len + n) * 2;
-        c->data = realloc(c->data, c->cap);
-    }
-    memcpy(c->data + c->len, p, n);
-    c->len += n;
-    return 0;
-}
-static int ch_read(void *o, uint8_t *p, size_t n)
-{
-    chan *c = o;
-    if (c->off + n > c->len) {
-        return -ENODATA;
-    }
-    memcpy(p, c->data + c->off, n);
-    c->off += n;
-    return 0;
-}
 
 static void part_d(void)
 {
@@ -647,23 +622,23 @@ static void part_d(void)
     for (int i = 0; i < 40; i++) {
         m_hypercall(sfd, (rnd() % SEED_END) << 12, 1 + rnd() % 64, rnd() & 1);
     }
-    chan c = { 0 };
-    int ok = sevpeb_kvm_sync_from_kernel(src) >= 0 && sevpeb_save_setup(src, ch_write, &c) == 0;
+    testchan c = { 0 };
+    int ok = sevpeb_kvm_sync_from_kernel(src) >= 0 && sevpeb_save_setup(src, testchan_write, &c) == 0;
     for (int it = 0; it < 3 && ok; it++) { /* the guest keeps running */
         for (int i = 0; i < 10; i++) {
             m_hypercall(sfd, (rnd() % SEED_END) << 12, 1 + rnd() % 64, rnd() & 1);
         }
-        ok = sevpeb_kvm_sync_from_kernel(src) >= 0 && sevpeb_save_iterate(src, ch_write, &c, 0) >= 0;
+        ok = sevpeb_kvm_sync_from_kernel(src) >= 0 && sevpeb_save_iterate(src, testchan_write, &c, 0) >= 0;
     }
     for (int i = 0; i < 5; i++) { /* last changes before the stop */
         m_hypercall(sfd, (rnd() % SEED_END) << 12, 1 + rnd() % 64, rnd() & 1);
     }
-    ok = ok && sevpeb_kvm_sync_from_kernel(src) >= 0 && sevpeb_save_complete(src, ch_write, &c) == 0;
+    ok = ok && sevpeb_kvm_sync_from_kernel(src) >= 0 && sevpeb_save_complete(src, testchan_write, &c) == 0;
     sevpeb_save_cleanup(src);
     CHECK(ok, "source: sync before setup, every iterate and complete");
     int r = sevpeb_load_setup(dst);
     while (r == 0) {
-        r = sevpeb_load_state(dst, ch_read, &c, SEVPEB_SECTION_VERSION);
+        r = sevpeb_load_state(dst, testchan_read, &c, SEVPEB_SECTION_VERSION);
     }
     sevpeb_load_cleanup(dst);
     CHECK(r == 1, "destination loaded (%d)", r);

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "sevpeb.h"
+#include "testchan.h"
 
 #define UPDATERS 8
 #define MAX_SLOTS 12
@@ -85,30 +86,6 @@ static void q_close(queue *q)
     pthread_mutex_unlock(&q->mu);
 }
 
-typedef struct { uint8_t *data; size_t len, cap, off; } buf_t;
-static int buf_write(void *opaque, const uint8_t *p, size_t n)
-{
-    buf_t *b = opaque;
-    if (b->len + n > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 4096;
-        while (nc < b->len + n) nc *= 2;
-        uint8_t *d = realloc(b->data, nc);
-        if (!d) return -ENOMEM;
-        b->data = d;
-        b->cap = nc;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-static int buf_read(void *opaque, uint8_t *p, size_t n)
-{
-    buf_t *b = opaque;
-    if (b->len - b->off < n) return -ENODATA;
-    memcpy(p, b->data + b->off, n);
-    b->off += n;
-    return 0;
-}
 
 /* ---- one run ---- */
 typedef struct {
@@ -244,8 +221,8 @@ static void *destination(void *arg)
     sevpeb_load_setup(r->dst);
     payload *p;
     while ((p = q_pop(&r->q))) {
-        buf_t b = {p->data, p->len, p->len, 0};
-        int rc = sevpeb_load_state(r->dst, buf_read, &b, SEVPEB_SECTION_VERSION);
+        testchan b = { .data = p->data, .len = p->len, .cap = p->len };
+        int rc = sevpeb_load_state(r->dst, testchan_read, &b, SEVPEB_SECTION_VERSION);
         r->load_calls++;
         if (rc < 0 || rc != p->final || b.off != b.len) {
             fail(r->run, "load_state", rc, p->final);
@@ -260,7 +237,7 @@ static void *destination(void *arg)
     return NULL;
 }
 
-static void send_payload(run_t *r, buf_t *b, int final)
+static void send_payload(run_t *r, testchan *b, int final)
 {
     payload *p = calloc(1, sizeof *p);
     p->data = b->data;
@@ -340,8 +317,8 @@ int main(int argc, char **argv)
         pthread_create(&dth, NULL, destination, r);
         /* Some state before the migration starts. */
         sevpeb_set_range(r->src, r->base[0], 1 + r->pages[0] / 3, SEVPEB_SHARED);
-        buf_t out = {0};
-        if (sevpeb_save_setup(r->src, buf_write, &out) != 0) fail(run, "save_setup", 0, 0);
+        testchan out = {0};
+        if (sevpeb_save_setup(r->src, testchan_write, &out) != 0) fail(run, "save_setup", 0, 0);
         send_payload(r, &out, 0);
         int nup = UPDATERS;
         for (int i = 0; i < nup; i++) {
@@ -356,7 +333,7 @@ int main(int argc, char **argv)
             struct timespec ts = {0, (long)(splitmix(&s) % 50000)};
             nanosleep(&ts, NULL);
             uint64_t budget = splitmix(&s) % 3 == 0 ? 0 : 64 + splitmix(&s) % 4096;
-            int rc = sevpeb_save_iterate(r->src, buf_write, &out, budget);
+            int rc = sevpeb_save_iterate(r->src, testchan_write, &out, budget);
             if (rc < 0) fail(run, "save_iterate", rc, 0);
             send_payload(r, &out, 0);
             r->iterations++;
@@ -364,7 +341,7 @@ int main(int argc, char **argv)
         /* Stop the VM, then complete. */
         atomic_store(&r->stop, 1);
         for (int i = 0; i <= nup; i++) pthread_join(th[i], NULL);
-        if (sevpeb_save_complete(r->src, buf_write, &out) != 0) fail(run, "save_complete", 0, 0);
+        if (sevpeb_save_complete(r->src, testchan_write, &out) != 0) fail(run, "save_complete", 0, 0);
         send_payload(r, &out, 1);
         sevpeb_save_cleanup(r->src);
         q_close(&r->q);
