@@ -16,22 +16,9 @@
 #include <string.h>
 
 #include "sevpeb.h"
+#include "testcheck.h"
 #include "testchan.h"
 
-static int passed, failed;
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            passed++;                                                           \
-        } else {                                                                \
-            failed++;                                                           \
-            if (failed < 30) {                                                  \
-                fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-                fprintf(stderr, __VA_ARGS__);                                   \
-                fprintf(stderr, " (last error: %s)\n", sevpeb_last_error());   \
-            }                                                                   \
-        }                                                                       \
-    } while (0)
 
 /* A failing error path must leave a message naming what was wrong. */
 #define ERR(expr, want)                                                         \

@@ -13,21 +13,9 @@
 #include <string.h>
 
 #include "sevpeb.h"
+#include "testcheck.h"
 #include "testchan.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-        } else {                                                             \
-            failed++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fprintf(stderr, " (last error: %s)\n", sevpeb_last_error());    \
-        }                                                                    \
-    } while (0)
 
 /* ---- naive model: one byte per page ---- */
 #define MODEL_PAGES (1u << 20)

@@ -38,21 +38,10 @@
 #include <unistd.h>
 
 #include "sevpeb.h"
+#include "testcheck.h"
 #include "testchan.h"
 
-static int passed, failed, skipped;
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-        } else {                                                             \
-            failed++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fprintf(stderr, " (last error: %s)\n", sevpeb_last_error());    \
-        }                                                                    \
-    } while (0)
+static int skipped;
 
 #define SKIP(...)                                                            \
     do {                                                                     \
