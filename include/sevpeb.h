@@ -242,6 +242,28 @@ SEVPEB_API int sevpeb_digest(sevpeb_tracker *t, uint64_t *digest);
 /** Bytes of memory the tracker holds (its own structures and bitmaps). */
 SEVPEB_API uint64_t sevpeb_memory_bytes(sevpeb_tracker *t);
 
+/* --- Comparing two trackers --------------------------------------------- */
+
+/**
+ * Compare the page states of trackers a and b over [gfn, gfn + npages):
+ * *count receives the number of pages whose state differs, and gfns[] the
+ * first min(*count, max_gfns) of their GFNs in ascending order (gfns may be
+ * NULL when max_gfns is 0). A VMM keeps a second tracker as the record of
+ * the path each page's latest migration copy took (1 = sent as private,
+ * 0 = as shared) and compares it with the live tracker at completion: every
+ * difference is a misrouted page (docs/QEMU.md, "Routing").
+ * The range must lie inside both layouts. Reads each 64 MiB piece of each
+ * tracker at one instant (as sevpeb_get_bitmap); pieces that are uniform
+ * and equal on both sides cost two page counts. Exact when neither tracker
+ * changes during the call. a == b gives 0.
+ * Returns the number of GFNs stored (>= 0); -EINVAL (a, b or count NULL,
+ * npages 0, gfns NULL with max_gfns > 0); -ERANGE (range outside a's or
+ * b's layout; the message names which); -ENOMEM. Thread-safe.
+ */
+SEVPEB_API int sevpeb_count_differences(sevpeb_tracker *a, sevpeb_tracker *b,
+                                        uint64_t gfn, uint64_t npages, uint64_t *count,
+                                        uint64_t *gfns, size_t max_gfns);
+
 /* --- Change notification --------------------------------------------------- */
 
 /**

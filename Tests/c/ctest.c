@@ -424,12 +424,38 @@ static void test_model(void)
     sevpeb_tracker_destroy(t);
 }
 
+/* The path record of a migration compared with the live state (sevpeb_count_differences). */
+static void test_count_differences(void)
+{
+    sevpeb_tracker *live, *rec;
+    uint64_t count = 0, gfns[4] = { 0 };
+    int r;
+
+    CHECK(sevpeb_tracker_create(0, &live) == 0 && sevpeb_tracker_create(0, &rec) == 0, "create");
+    CHECK(sevpeb_slot_add(live, 0, 0x30000) == 0 && sevpeb_slot_add(rec, 0, 0x30000) == 0, "slots");
+    /* Every page sent private, then 3 pages turn shared and only one of them is resent shared. */
+    CHECK(sevpeb_set_range(live, 0x20000, 3, SEVPEB_SHARED) == 0, "convert");
+    CHECK(sevpeb_set_range(rec, 0x20001, 1, SEVPEB_SHARED) == 0, "resend");
+    r = sevpeb_count_differences(live, rec, 0, 0x30000, &count, gfns, 4);
+    CHECK(r == 2 && count == 2 && gfns[0] == 0x20000 && gfns[1] == 0x20002,
+          "misrouted r=%d count=%" PRIu64 " gfns 0x%" PRIx64 " 0x%" PRIx64, r, count, gfns[0], gfns[1]);
+    r = sevpeb_count_differences(live, rec, 0, 0x20000, &count, NULL, 0);
+    CHECK(r == 0 && count == 0, "clean range r=%d count=%" PRIu64, r, count);
+    CHECK(sevpeb_count_differences(live, rec, 0x2ffff, 2, &count, NULL, 0) == -ERANGE, "outside");
+    CHECK(strstr(sevpeb_last_error(), "tracker") != NULL, "message: %s", sevpeb_last_error());
+    CHECK(sevpeb_count_differences(NULL, rec, 0, 1, &count, NULL, 0) == -EINVAL, "null a");
+    CHECK(sevpeb_count_differences(live, rec, 0, 1, &count, NULL, 1) == -EINVAL, "null gfns");
+    sevpeb_tracker_destroy(rec);
+    sevpeb_tracker_destroy(live);
+}
+
 int main(void)
 {
     test_basics();
     test_migration();
     test_model();
     test_threads();
+    test_count_differences();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -1,0 +1,25 @@
+import CSevPEB
+import CSevPEBShims
+
+// sevpeb_count_differences (include/sevpeb.h): compare two trackers.
+
+@c @implementation
+public func sevpeb_count_differences(_ a: OpaquePointer?, _ b: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
+                                     _ count: UnsafeMutablePointer<UInt64>!, _ gfns: UnsafeMutablePointer<UInt64>!,
+                                     _ maxGfns: Int) -> Int32 {
+    guard let b else {
+        setLastError(SevError(EINVAL, "second tracker handle is NULL"))
+        return -EINVAL
+    }
+    return withHandle(a, Int32(-EINVAL)) { (ha: Handle) -> Int32 in
+        withHandle(b, Int32(-EINVAL)) { (hb: Handle) -> Int32 in
+            cCall { () throws(SevError) -> Int32 in
+                guard let count else { throw SevError(EINVAL, "count pointer is NULL") }
+                if maxGfns < 0 { throw SevError(EINVAL, "max_gfns \(maxGfns) too large") }
+                let r = try ha.tracker.countDifferences(hb.tracker, gfn, npages, gfns, maxGfns)
+                count.pointee = r.count
+                return Int32(truncatingIfNeeded: r.stored)
+            }
+        }
+    }
+}
