@@ -491,6 +491,8 @@ def main():
     ap.add_argument("tests", nargs="*")
     args = ap.parse_args()
     env = read_env(args.env)
+    from test_routing import ROUTING_TESTS  # page routing (imports this module's helpers)
+    TESTS.extend(ROUTING_TESTS)
     tests = [t for t in TESTS if not args.tests or t.__name__ in args.tests
              or t.__name__[5:] in args.tests]
     passed = failed = 0
