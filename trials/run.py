@@ -2,7 +2,7 @@
 """sevpeb cross-host live-migration trials.
 
   trials/run.py --quick                 fast fixed subset (ping-pong x2, corrupted stream, not-ready)
-  trials/run.py --full [--count N]      all eight scenarios
+  trials/run.py --full [--count N]      all scenarios
   trials/run.py --only corrupt,peer     chosen scenarios
 
 The QEMU under test comes from --qemu, else $QEMU, else the env file written by
@@ -22,12 +22,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sevtrials import assets, report, scenarios                  # noqa: E402
+from sevtrials import assets, report, routing, scenarios         # noqa: E402
 from sevtrials.hosts import Hosts, qemu_has_sevpeb, qemu_version  # noqa: E402
 from sevtrials.util import cache_dir, log                         # noqa: E402
 
-ALL = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt", "not-ready", "peer"]
-QUICK = ["ping-pong", "corrupt", "not-ready"]
+ALL = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt", "not-ready", "peer",
+       "misroute-negative", "postcopy", "multifd", "routing-cost"]
+QUICK = ["ping-pong", "corrupt", "not-ready", "misroute-negative"]
 
 
 def read_env_file(path):
@@ -65,6 +66,8 @@ def main():
     ap.add_argument("--storm-calls", type=int, default=None, help="boot-storm calls (quick 2000, full 19000)")
     ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits-fixed,truncate; full magic,bits,bits-fixed,final,truncate)")
     ap.add_argument("--mig-timeout", type=float, default=120, help="per-migration time bound, s")
+    ap.add_argument("--cost-runs", type=int, default=None,
+                    help="routing-cost: migrations with routing on and off each (full 5, else 2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--allow-stock", action="store_true",
                     help="run with a QEMU that lacks the object (plumbing only: ping-pong + peer without sevpeb)")
@@ -161,6 +164,14 @@ def main():
                     r = scenarios.not_ready(ctx)
                 elif key == "peer":
                     r = scenarios.peer(ctx, args.peer_count)
+                elif key == "misroute-negative":
+                    r = routing.negative(ctx)
+                elif key == "postcopy":
+                    r = routing.postcopy(ctx)
+                elif key == "multifd":
+                    r = routing.multifd(ctx)
+                elif key == "routing-cost":
+                    r = routing.cost(ctx, args.cost_runs or (5 if full else 2))
             except Exception as e:
                 r = scenarios.Result(key, "(aborted)")
                 r.error = f"{type(e).__name__}: {e}"

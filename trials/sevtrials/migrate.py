@@ -91,13 +91,16 @@ def migrate(src, dst, uri, *, label, churn=None, pause=True, bandwidth_mib=64, d
     rec.update(total_ms=info.get("total-time"), downtime_ms=info.get("downtime"),
                setup_ms=info.get("setup-time"), ram_transferred=ram.get("transferred"),
                ram_total=ram.get("total"), dirty_syncs=ram.get("dirty-sync-count"),
+               postcopy_requests=ram.get("postcopy-requests"),
                wall_s=round(time.monotonic() - t0, 3), switchover_wait_ms=switch_wait,
                churn_calls=(churn.calls - calls0) if churn else 0,
                samples=samples)
     if peb:
         try:
-            s = src.peb_save().get("save", {})
+            q = src.peb_save()
+            s = q.get("save", {})
             rec["peb_save"] = s
+            rec["route"] = q.get("route")   # page routing (trials/sevtrials/routing.py)
             peb_samples.append((round(time.monotonic() - t0, 3), s.get("iterations", 0), s.get("iterate-bytes", 0)))
             rec["iter_bytes"] = per_iteration(peb_samples)
         except (QMPError, EOFError, OSError) as e:

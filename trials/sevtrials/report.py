@@ -18,6 +18,43 @@ def _peb(rec, k):
     return (rec.get("peb_save") or {}).get(k)
 
 
+def _route_pages(rec):
+    """Pages sent per path (routing; trials/sevtrials/routing.py)."""
+    rt = rec.get("route")
+    if not rt or not rt.get("checked"):
+        return "–"
+    return f"{rt['private-pages']:,} / {rt['shared-pages']:,} / {rt['untracked-pages']:,}"
+
+
+def _route_misrouted(rec):
+    rt = rec.get("route")
+    if not rt or not rt.get("checked"):
+        return "–"
+    gfns = rt.get("misrouted-gfns") or []
+    return f"{rt['misrouted']}" + (f" ({', '.join(hex(g) for g in gfns[:4])}{', ...' if len(gfns) > 4 else ''})"
+                                   if gfns else "")
+
+
+def routing_lines(results):
+    """Per scenario: routed migrations, pages per path, misrouted (the negative control apart)."""
+    out = []
+    for r in results:
+        rts = [m["route"] for m in r.migrations if m.get("status") == "completed"
+               and (m.get("route") or {}).get("checked")]
+        if not rts:
+            continue
+        out.append(f"routing {r.key}: {len(rts)} migrations checked, pages private "
+                   f"{sum(x['private-pages'] for x in rts):,} / shared {sum(x['shared-pages'] for x in rts):,} / "
+                   f"untracked {sum(x['untracked-pages'] for x in rts):,}, misrouted "
+                   f"{sum(x['misrouted'] for x in rts)}"
+                   + (" (negative control: must be > 0)" if r.key == "misroute-negative" else ""))
+    for r in results:
+        if r.key == "routing-cost" and "ratio" in r.numbers:
+            out.append(f"routing on/off (median total): {r.numbers['median_on']:.0f}/"
+                       f"{r.numbers['median_off']:.0f} ms = {r.numbers['ratio']:.3f}x")
+    return out
+
+
 def section_bytes(rec):
     s = rec.get("peb_save")
     if not s:
@@ -63,6 +100,7 @@ def text_summary(results, meta):
         lines.append(f"sevpeb section bytes {t['section_bytes']:,} vs RAM bytes {t['ram_bytes']:,} "
                      f"({100.0 * t['section_bytes'] / t['ram_bytes']:.4f} %); largest downtime (END) payload "
                      f"{t.get('max_complete_bytes', 0):,} B")
+    lines += routing_lines(results)
     for r in results:
         if r.key == "peer" and "ratio_total" in r.numbers:
             p = r.numbers["per_side"]
@@ -100,6 +138,12 @@ def write_markdown(results, meta, outdir, pictures):
         L.append(f"sevpeb section bytes over all completed migrations: {t['section_bytes']:,} B, against "
                  f"{t['ram_bytes']:,} B of RAM sent ({100.0 * t['section_bytes'] / t['ram_bytes']:.4f} %). "
                  f"Largest END (downtime) payload: {t.get('max_complete_bytes', 0):,} B.")
+    rl = routing_lines(results)
+    if rl:
+        L += ["", "## Page routing", "",
+              "Every completed migration's source counted the pages whose latest copy took the path of a "
+              "state they no longer had (misrouted); the negative control turns off the change "
+              "callback's dirtying and must find some.", ""] + [f"- {x}" for x in rl]
     for r in results:
         if r.key == "peer" and r.numbers.get("per_side"):
             p = r.numbers["per_side"]
@@ -122,8 +166,8 @@ def write_markdown(results, meta, outdir, pictures):
         L.append("")
     L += ["## Migrations", "",
           "| scenario | migration | status | total ms | downtime ms | RAM MiB | syncs | sevpeb iters | "
-          "setup B | iterate B | END B | section/RAM | churn calls |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "setup B | iterate B | END B | section/RAM | churn calls | pages private / shared / untracked | misrouted |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for m in r.migrations:
             sb = section_bytes(m)
@@ -133,7 +177,7 @@ def write_markdown(results, meta, outdir, pictures):
                      f"{_fmt((m.get('ram_transferred') or 0) / MiB, 1) if m.get('ram_transferred') else '–'} | "
                      f"{_fmt(m.get('dirty_syncs'))} | {_fmt(_peb(m, 'iterations'))} | {_fmt(_peb(m, 'setup-bytes'))} | "
                      f"{_fmt(_peb(m, 'iterate-bytes'))} | {_fmt(_peb(m, 'complete-bytes'))} | {ratio} | "
-                     f"{_fmt(m.get('churn_calls'))} |")
+                     f"{_fmt(m.get('churn_calls'))} | {_route_pages(m)} | {_route_misrouted(m)} |")
     if pictures:
         L += ["", "## Pictures", ""]
         for title, fn in pictures:

@@ -9,6 +9,7 @@ import sys
 import time
 
 from . import relay as relay_mod
+from . import routing
 from .churn import Churn, Model
 from .hosts import VM
 from .migrate import migrate, compare_state, check_model, check_alive
@@ -113,6 +114,8 @@ def _completed(r, rec, what):
               + (f", {rec['churn_calls']} churn calls" if rec.get("churn_calls") else "")) if ok else \
         f"status {rec['status']}: {rec.get('error')}"
     r.check(what, ok, detail)
+    if ok:
+        routing.check(r, rec, what)
     return ok
 
 
