@@ -29,3 +29,14 @@ void peer_copy_with_src_offset(unsigned long *dst, const unsigned long *src,
 {
     bitmap_copy_with_src_offset(dst, src, shift, nbits);
 }
+
+/* The RAM saver's own per-page bitmap test: test_bit (inline) over n pages. */
+unsigned long peer_walk_test_bit(const unsigned long *map, unsigned long start, unsigned long n)
+{
+    unsigned long sum = 0;
+
+    for (unsigned long i = 0; i < n; i++) {
+        sum += test_bit(start + i, map);
+    }
+    return sum;
+}

@@ -9,4 +9,5 @@ unsigned long peer_find_next_bit(const unsigned long *map, unsigned long size, u
 unsigned long peer_find_next_zero_bit(const unsigned long *map, unsigned long size, unsigned long off);
 void peer_copy_with_src_offset(unsigned long *dst, const unsigned long *src,
                                unsigned long shift, unsigned long nbits);
+unsigned long peer_walk_test_bit(const unsigned long *map, unsigned long start, unsigned long n);
 #endif
