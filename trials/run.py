@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits-fixed,truncate; full magic,bits,bits-fixed,final,truncate)")
     ap.add_argument("--mig-timeout", type=float, default=120, help="per-migration time bound, s")
     ap.add_argument("--cost-runs", type=int, default=None,
-                    help="routing-cost: migrations with routing on and off each (full 5, else 2)")
+                    help="routing-cost: migrations with routing on and off each (full 7, else 2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--allow-stock", action="store_true",
                     help="run with a QEMU that lacks the object (plumbing only: ping-pong + peer without sevpeb)")
@@ -171,7 +171,7 @@ def main():
                 elif key == "multifd":
                     r = routing.multifd(ctx)
                 elif key == "routing-cost":
-                    r = routing.cost(ctx, args.cost_runs or (5 if full else 2))
+                    r = routing.cost(ctx, args.cost_runs or (7 if full else 2))
             except Exception as e:
                 r = scenarios.Result(key, "(aborted)")
                 r.error = f"{type(e).__name__}: {e}"

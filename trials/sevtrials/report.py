@@ -51,7 +51,9 @@ def routing_lines(results):
     for r in results:
         if r.key == "routing-cost" and "ratio" in r.numbers:
             out.append(f"routing on/off (median total): {r.numbers['median_on']:.0f}/"
-                       f"{r.numbers['median_off']:.0f} ms = {r.numbers['ratio']:.3f}x")
+                       f"{r.numbers['median_off']:.0f} ms = {r.numbers['ratio']:.3f}x"
+                       + (f"; lookups {100 * r.numbers['lookup_share']:.3f} % of a routed migration"
+                          if r.numbers.get("lookup_share") is not None else ""))
     return out
 
 
