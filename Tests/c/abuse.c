@@ -146,6 +146,7 @@ static void test_error_paths(void)
     ERR(sevpeb_save_get_stats(NULL, NULL), -EINVAL);
     ERR(sevpeb_load_setup(NULL), -EINVAL);
     ERR(sevpeb_load_state(NULL, testchan_read, NULL, 1), -EINVAL);
+    ERR(sevpeb_count_differences(NULL, NULL, 0, 1, &u, NULL, 0), -EINVAL);
     CHECK(sevpeb_memory_bytes(NULL) == 0 && sevpeb_save_pending(NULL) == 0 && sevpeb_get_migration_control(NULL) == 0, "NULL getters");
     sevpeb_save_cleanup(NULL);
     sevpeb_load_cleanup(NULL);
@@ -161,6 +162,12 @@ static void test_error_paths(void)
     ERR(sevpeb_save_setup(t, NULL, NULL), -EINVAL);
     ERR(sevpeb_load_state(t, NULL, NULL, 1), -EINVAL);
     ERR(sevpeb_save_get_stats(t, NULL), -EINVAL);
+    ERR(sevpeb_count_differences(t, NULL, 0, 1, &u, NULL, 0), -EINVAL);
+    ERR(sevpeb_count_differences(t, t, 0, 1, NULL, NULL, 0), -EINVAL);
+    ERR(sevpeb_count_differences(t, t, 0, 1, &u, NULL, 5), -EINVAL);
+    ERR(sevpeb_count_differences(t, t, 0, 1, &u, &v, SIZE_MAX), -EINVAL);
+    ERR(sevpeb_count_differences(t, t, 0, 0, &u, NULL, 0), -EINVAL);
+    ERR(sevpeb_count_differences(t, t, UINT64_MAX, 2, &u, NULL, 0), -ERANGE);
     sevpeb_save_stats st = {.size = 4};
     ERR(sevpeb_save_get_stats(t, &st), -EINVAL);
     /* Layout errors. */
