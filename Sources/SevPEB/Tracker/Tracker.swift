@@ -33,6 +33,13 @@ public final class Tracker {
     var callback: ChangeCallback? = nil
     var callbackOpaque: UnsafeMutableRawPointer? = nil
 
+    /// Words a buffer passed to `takeNextChunk` must hold: one chunk's bits
+    /// plus one spare word. Wire sizes its scratch from this, not from the
+    /// storage geometry.
+    public static let chunkBufferWords = Geometry.blockWords
+    /// Pages in one chunk (the most `takeNextChunk` returns at once).
+    public static let chunkPages = Geometry.chunkPages
+
     /// Bytes of the fixed part (this object and its mutex), for accounting.
     static let fixedBytes = 128 + Int(sevpeb_shim_mutex_size())
 

@@ -79,7 +79,7 @@ public final class SaveSession {
         self.scratch = scratch; self.out = out
     }
     public static func create() throws(SevError) -> SaveSession {
-        guard let s = Mem.calloc(Geometry.blockWords, UInt64.self) else { throw .noMemory("encoder scratch") }
+        guard let s = Mem.calloc(Tracker.chunkBufferWords, UInt64.self) else { throw .noMemory("encoder scratch") }
         guard let o = Mem.calloc(outCap, UInt8.self) else { Mem.free(s); throw .noMemory("encoder buffer") }
         return SaveSession(scratch: s, out: o)
     }
@@ -256,7 +256,7 @@ public final class SaveSession {
                 w.used &+= 8
             }
             var rest = rawBytes &- full &* 8
-            var v = full < Geometry.chunkWords ? bits[full] : 0
+            var v = full < Tracker.chunkPages >> 6 ? bits[full] : 0
             while rest > 0 { w.buf[w.used] = UInt8(truncatingIfNeeded: v); v &>>= 8; w.used &+= 1; rest &-= 1 }
             w.total &+= UInt64(rawBytes)
         }
