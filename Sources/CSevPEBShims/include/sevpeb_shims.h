@@ -28,8 +28,6 @@ static inline int sevpeb_shim_ioctl_val(int fd, unsigned long req, unsigned long
     return r < 0 ? -errno : r;
 }
 
-static inline int sevpeb_shim_errno(void) { return errno; }
-
 /* A heap-allocated pthread mutex (stable address, as pthread requires). */
 static inline pthread_mutex_t *sevpeb_shim_mutex_new(void)
 {
@@ -121,7 +119,6 @@ static inline __u64 *sevpeb_shim_run_hypercall_nr(struct kvm_run *r) { return &r
 static inline __u64 *sevpeb_shim_run_hypercall_args(struct kvm_run *r) { return r->hypercall.args; }
 static inline __u64 *sevpeb_shim_run_hypercall_ret(struct kvm_run *r) { return &r->hypercall.ret; }
 static inline __u8 *sevpeb_shim_run_msr_error(struct kvm_run *r) { return &r->msr.error; }
-static inline __u32 *sevpeb_shim_run_msr_reason(struct kvm_run *r) { return &r->msr.reason; }
 static inline __u32 *sevpeb_shim_run_msr_index(struct kvm_run *r) { return &r->msr.index; }
 static inline __u64 *sevpeb_shim_run_msr_data(struct kvm_run *r) { return &r->msr.data; }
 static inline size_t sevpeb_shim_kvm_run_size(void) { return sizeof(struct kvm_run); }
