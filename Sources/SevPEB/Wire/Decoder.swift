@@ -199,6 +199,9 @@ public final class LoadSession {
             let n = try be64(&src)
             let v = try u8(&src)
             if v > 1 { throw SevError(EBADMSG, "FILL at offset \(at): state \(v) (expected 0 shared or 1 private)") }
+            // FORMAT.md: npages > 0; a malformed record is EBADMSG (the
+            // tracker's own EINVAL for an empty range is an API error).
+            if n == 0 { throw SevError(EBADMSG, "FILL at offset \(at): npages 0 (expected > 0)") }
             try checkOrder("FILL", at, gfn, n)
             try wrapRange(at, "FILL") { () throws(SevError) in try st.setRange(gfn, n, private: v == 1) }
             emit(at, .fill, gfn, n, UInt64(v))
