@@ -68,12 +68,12 @@ public final class SaveSession {
     let out: UnsafeMutablePointer<UInt8>
     static let outCap = 16384
 
-    public var iterations: UInt32 = 0
-    public var setupBytes: UInt64 = 0
-    public var iterateBytes: UInt64 = 0
-    public var lastIterateBytes: UInt64 = 0
-    public var completeBytes: UInt64 = 0
-    public var records: UInt64 = 0
+    public private(set) var iterations: UInt32 = 0
+    public private(set) var setupBytes: UInt64 = 0
+    public private(set) var iterateBytes: UInt64 = 0
+    public private(set) var lastIterateBytes: UInt64 = 0
+    public private(set) var completeBytes: UInt64 = 0
+    public private(set) var records: UInt64 = 0
 
     private init(scratch: UnsafeMutablePointer<UInt64>, out: UnsafeMutablePointer<UInt8>) {
         self.scratch = scratch; self.out = out
