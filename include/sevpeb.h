@@ -12,8 +12,10 @@
  * ---------------------------------------------------------------------------
  * Stability
  *   Functions and types in this header are stable within a major version:
- *   they are only ever added to (one linker version node per release,
- *   SEVPEB_0.1, ...). The archive exports nothing but sevpeb_* symbols.
+ *   they are only ever added to. The library is a static archive, so
+ *   there are no linker version nodes: check SEVPEB_VERSION_NUMBER at build
+ *   time and sevpeb_version_number() at run time. The archive exports
+ *   nothing but sevpeb_* symbols.
  *
  * Errors
  *   Every function that can fail returns a negative errno value (-EINVAL,

@@ -14,6 +14,18 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "../../../include/sevpeb.h"
+
+/* "MAJOR.MINOR.PATCH" spelled from the header's version macros, the one
+ * source of the version (the Makefile reads them too). */
+#define SEVPEB_SHIM_STR_(x) #x
+#define SEVPEB_SHIM_STR(x) SEVPEB_SHIM_STR_(x)
+static inline const char *sevpeb_shim_version_string(void)
+{
+    return SEVPEB_SHIM_STR(SEVPEB_VERSION_MAJOR) "." SEVPEB_SHIM_STR(SEVPEB_VERSION_MINOR) "."
+           SEVPEB_SHIM_STR(SEVPEB_VERSION_PATCH);
+}
+
 /* ioctl with a pointer argument; returns the result or -errno. */
 static inline int sevpeb_shim_ioctl_ptr(int fd, unsigned long req, void *arg)
 {
