@@ -7,7 +7,8 @@
 #   make kvm-check PREFIX=DIR the KVM layer's C tests: real /dev/kvm, then the ioctl interposer
 #                             (seed-dialect kernel models, syscall recording), then ASan+UBSan
 PREFIX ?= /usr/local
-VERSION := 0.1.0
+# The version is include/sevpeb.h's SEVPEB_VERSION_MAJOR/MINOR/PATCH, read from there.
+VERSION := $(shell sed -n 's/^\#define SEVPEB_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$$/\2/p' include/sevpeb.h | paste -sd.)
 OUT := out
 EMB := .build-embedded
 SWIFT ?= swift

@@ -12,8 +12,10 @@
  * ---------------------------------------------------------------------------
  * Stability
  *   Functions and types in this header are stable within a major version:
- *   they are only ever added to (one linker version node per release,
- *   SEVPEB_0.1, ...). The archive exports nothing but sevpeb_* symbols.
+ *   they are only ever added to. The library is a static archive, so
+ *   there are no linker version nodes: check SEVPEB_VERSION_NUMBER at build
+ *   time and sevpeb_version_number() at run time. The archive exports
+ *   nothing but sevpeb_* symbols.
  *
  * Errors
  *   Every function that can fail returns a negative errno value (-EINVAL,
@@ -217,7 +219,8 @@ SEVPEB_API int sevpeb_get_bitmap(sevpeb_tracker *t, uint64_t gfn, uint64_t npage
 /**
  * Copy bits into the range as exact values (the SET Steve Rutherford asked
  * for: 1 sets private, 0 sets shared, in the layout of sevpeb_get_bitmap).
- * src == NULL makes the whole range private. src_len must be
+ * src == NULL makes the whole range private (reported to the change
+ * callback as SEVPEB_PRIVATE, not SEVPEB_MIXED). src_len must be
  * >= (npages + 7) / 8 when src is not NULL. The range changes atomically
  * with respect to readers of each 64 MiB chunk.
  * Returns 0; -EINVAL; -ENOSPC (src_len too small); -ERANGE; -ENOMEM.
@@ -227,7 +230,9 @@ SEVPEB_API int sevpeb_set_bitmap(sevpeb_tracker *t, uint64_t gfn, uint64_t npage
 
 /**
  * Make every page of the layout private (cold reboot). The layout stays.
- * Reported to the change callback as one call per slot. Returns 0 or -EINVAL.
+ * Reported to the change callback as one call (the slot's whole range,
+ * SEVPEB_PRIVATE) per slot that had shared pages; a slot that was already
+ * all private gets no call. Returns 0 or -EINVAL.
  */
 SEVPEB_API int sevpeb_reset(sevpeb_tracker *t);
 

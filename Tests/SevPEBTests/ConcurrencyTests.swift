@@ -15,7 +15,6 @@ import Testing
         let s = try SaveSession.create(), l = try LoadSession.create()
         let ch = Channel()
         try ch.save { (k) throws(SevError) in try s.setup(src, k) }
-        let stop = ManagedAtomicFlag()
         let group = DispatchGroup()
         for th in 0..<8 {
             group.enter()
@@ -45,7 +44,6 @@ import Testing
             iterations += 1
         }
         group.wait()
-        stop.set()
         try ch.save { (k) throws(SevError) in try s.complete(src, k) }   // "VM stopped"
         l.setup()
         let r = try ch.load(into: dst, l)
@@ -55,11 +53,4 @@ import Testing
         #expect(dst.allRuns.count == src.allRuns.count)
         #expect(src.checkInvariants() == nil && dst.checkInvariants() == nil)
     }
-}
-
-/// A tiny thread-safe flag (keeps the test free of other dependencies).
-final class ManagedAtomicFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
 }

@@ -14,6 +14,18 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "../../../include/sevpeb.h"
+
+/* "MAJOR.MINOR.PATCH" spelled from the header's version macros, the one
+ * source of the version (the Makefile reads them too). */
+#define SEVPEB_SHIM_STR_(x) #x
+#define SEVPEB_SHIM_STR(x) SEVPEB_SHIM_STR_(x)
+static inline const char *sevpeb_shim_version_string(void)
+{
+    return SEVPEB_SHIM_STR(SEVPEB_VERSION_MAJOR) "." SEVPEB_SHIM_STR(SEVPEB_VERSION_MINOR) "."
+           SEVPEB_SHIM_STR(SEVPEB_VERSION_PATCH);
+}
+
 /* ioctl with a pointer argument; returns the result or -errno. */
 static inline int sevpeb_shim_ioctl_ptr(int fd, unsigned long req, void *arg)
 {
@@ -27,8 +39,6 @@ static inline int sevpeb_shim_ioctl_val(int fd, unsigned long req, unsigned long
     int r = ioctl(fd, req, val);
     return r < 0 ? -errno : r;
 }
-
-static inline int sevpeb_shim_errno(void) { return errno; }
 
 /* A heap-allocated pthread mutex (stable address, as pthread requires). */
 static inline pthread_mutex_t *sevpeb_shim_mutex_new(void)
@@ -121,7 +131,6 @@ static inline __u64 *sevpeb_shim_run_hypercall_nr(struct kvm_run *r) { return &r
 static inline __u64 *sevpeb_shim_run_hypercall_args(struct kvm_run *r) { return r->hypercall.args; }
 static inline __u64 *sevpeb_shim_run_hypercall_ret(struct kvm_run *r) { return &r->hypercall.ret; }
 static inline __u8 *sevpeb_shim_run_msr_error(struct kvm_run *r) { return &r->msr.error; }
-static inline __u32 *sevpeb_shim_run_msr_reason(struct kvm_run *r) { return &r->msr.reason; }
 static inline __u32 *sevpeb_shim_run_msr_index(struct kvm_run *r) { return &r->msr.index; }
 static inline __u64 *sevpeb_shim_run_msr_data(struct kvm_run *r) { return &r->msr.data; }
 static inline size_t sevpeb_shim_kvm_run_size(void) { return sizeof(struct kvm_run); }

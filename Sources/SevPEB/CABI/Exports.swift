@@ -9,7 +9,7 @@ public func sevpeb_version_number() -> UInt32 { UInt32(SEVPEB_VERSION_MAJOR * 10
 
 @c @implementation
 public func sevpeb_version_string() -> UnsafePointer<CChar>! {
-    UnsafeRawPointer(("0.1.0" as StaticString).utf8Start).assumingMemoryBound(to: CChar.self)
+    sevpeb_shim_version_string()
 }
 
 @c @implementation

@@ -34,9 +34,7 @@ extension Tracker {
         if mine != theirs {
             throw SevError(EREMCHG, "received layout (\(theirs.count) slots) differs from the destination's (\(mine.count) slots)")
         }
-        sevpeb_shim_mutex_lock(other.lock)
-        defer { sevpeb_shim_mutex_unlock(other.lock) }
-        withLock {
+        other.withLock { withLock {
             for s in 0..<slotCount { freeSlotStorage(slots![s]) }
             Mem.free(slots)
             memBytes &-= Mem.bytes(slotCap, SlotRec.self)
@@ -52,6 +50,6 @@ extension Tracker {
             dirtyChunks.store(0, ordering: .relaxed)
             other.dirtyChunks.store(0, ordering: .relaxed)
             layoutGeneration &+= 1
-        }
+        } }
     }
 }

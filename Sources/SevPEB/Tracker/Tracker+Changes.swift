@@ -126,13 +126,6 @@ extension Tracker {
         return ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed)
     }
 
-    /// Mark every chunk of every slot changed (a new full send).
-    public func markEverythingChanged() {
-        withLock {
-            for s in 0..<slotCount { markAllChanged(s, fromChunk: 0) }
-        }
-    }
-
     /// The current layout generation (changes on every add/remove/resize).
     public var currentLayoutGeneration: UInt64 { withLock { layoutGeneration } }
 }

@@ -12,7 +12,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
 /// it is released. Knows nothing of streams or KVM. See Storage.swift for the
 /// storage layout and its invariants.
 public final class Tracker {
-    let lock: UnsafeMutablePointer<pthread_mutex_t>
+    let lock: Lock
     var slots: UnsafeMutablePointer<SlotRec>? = nil
     var slotCount = 0
     var slotCap = 0
@@ -33,38 +33,36 @@ public final class Tracker {
     var callback: ChangeCallback? = nil
     var callbackOpaque: UnsafeMutableRawPointer? = nil
 
-    /// Bytes of the fixed part (this object and its mutex), for accounting.
-    static let fixedBytes = 128 + Int(sevpeb_shim_mutex_size())
+    /// Words a buffer passed to `takeNextChunk` must hold: one chunk's bits
+    /// plus one spare word. Wire sizes its scratch from this, not from the
+    /// storage geometry.
+    public static let chunkBufferWords = Geometry.blockWords
+    /// Pages in one chunk (the most `takeNextChunk` returns at once).
+    public static let chunkPages = Geometry.chunkPages
 
-    private init(lock: UnsafeMutablePointer<pthread_mutex_t>) {
+    /// Bytes of the fixed part (this object and its mutex), for accounting.
+    static let fixedBytes = 128 + Lock.bytes
+
+    private init(lock: consuming Lock) {
         self.lock = lock
     }
 
     /// A tracker with no slots. (A factory, not a throwing init: Embedded
     /// Swift 6.3 leaks objects whose throwing init fails.)
     public static func create() throws(SevError) -> Tracker {
-        guard let m = sevpeb_shim_mutex_new() else { throw .noMemory("tracker mutex") }
+        guard let m = Lock.make() else { throw .noMemory("tracker mutex") }
         return Tracker(lock: m)
     }
 
     deinit {
         for s in 0..<slotCount { freeSlotStorage(slots![s]) }
         Mem.free(slots)
-        sevpeb_shim_mutex_free(lock)
     }
 
     // MARK: locking
 
-    @inline(__always) func locked<R>(_ body: () throws(SevError) -> R) throws(SevError) -> R {
-        sevpeb_shim_mutex_lock(lock)
-        defer { sevpeb_shim_mutex_unlock(lock) }
-        return try body()
-    }
-
-    @inline(__always) func withLock<R>(_ body: () -> R) -> R {
-        sevpeb_shim_mutex_lock(lock)
-        defer { sevpeb_shim_mutex_unlock(lock) }
-        return body()
+    @inline(__always) func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        try lock.withLock(body)
     }
 
     @inline(__always) func notify(_ gfn: UInt64, _ n: UInt64, _ state: Int32) {
@@ -307,7 +305,7 @@ public final class Tracker {
         // second lock round trip: that was a third of a single-page update).
         var cb: ChangeCallback? = nil
         var cbOpaque: UnsafeMutableRawPointer? = nil
-        let changed = try locked { () throws(SevError) -> Bool in
+        let changed = try withLock { () throws(SevError) -> Bool in
             // A range inside one slot needs only the slot lookup; checkRange
             // (holes, overflow, messages) handles the rest.
             let s0: Int
@@ -346,7 +344,7 @@ public final class Tracker {
 
     /// State of one page: true = private.
     public func test(_ gfn: UInt64) throws(SevError) -> Bool {
-        try locked { () throws(SevError) -> Bool in
+        try withLock { () throws(SevError) -> Bool in
             guard let s = slotIndex(containing: gfn) else {
                 throw .outOfRange("gfn \(hex(gfn)) outside the memory layout")
             }
@@ -360,7 +358,7 @@ public final class Tracker {
 
     /// Shared pages in [gfn, gfn+n).
     public func countShared(_ gfn: UInt64, _ n: UInt64) throws(SevError) -> UInt64 {
-        try locked { () throws(SevError) -> UInt64 in
+        try withLock { () throws(SevError) -> UInt64 in
             let s0 = try checkRange(gfn, n)
             var total: UInt64 = 0
             forEachSegment(gfn, n, s0) { s, c, a, b, _ in
@@ -456,7 +454,7 @@ public final class Tracker {
         let need = (n &>> 3) &+ (n & 7 == 0 ? 0 : 1)   // ceil(n/8) without wrapping
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(dstLen) < need { throw SevError(ENOSPC, "buffer of \(dstLen) bytes too small for \(n) pages (need \(need))") }
-        try locked { () throws(SevError) in
+        try withLock { () throws(SevError) in
             let s0 = try checkRange(gfn, n)
             var sink = ByteBitSink(dst)
             forEachSegment(gfn, n, s0) { s, c, a, b, _ in
@@ -480,7 +478,7 @@ public final class Tracker {
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(srcLen) < need { throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))") }
         let source = ByteBitSource(p: src, bytes: Int(need))
-        let (changed, cb) = try locked { () throws(SevError) -> (Bool, PendingCallback) in
+        let (changed, cb) = try withLock { () throws(SevError) -> (Bool, PendingCallback) in
             let s0 = try checkRange(gfn, n)
             // Pass 1: blocks for every chunk whose new content is mixed or
             // partial-and-different, so pass 2 cannot fail half-way.
@@ -619,7 +617,7 @@ public final class Tracker {
 
     public func addSlot(base: UInt64, pages: UInt64) throws(SevError) {
         try checkSlotArgs(base, pages)
-        try locked { () throws(SevError) in
+        try withLock { () throws(SevError) in
             let i = firstSlotEndingAfter(base)
             if i < slotCount && slots![i].base < base &+ pages {
                 let o = slots![i]
@@ -684,7 +682,7 @@ public final class Tracker {
     }
 
     public func removeSlot(base: UInt64) throws(SevError) {
-        try locked { () throws(SevError) in
+        try withLock { () throws(SevError) in
             guard let i = slotIndex(containing: base), slots![i].base == base else {
                 throw SevError(ENOENT, "no slot starts at gfn \(hex(base))")
             }
@@ -698,7 +696,7 @@ public final class Tracker {
 
     public func resizeSlot(base: UInt64, pages: UInt64) throws(SevError) {
         try checkSlotArgs(base, pages)
-        try locked { () throws(SevError) in
+        try withLock { () throws(SevError) in
             guard let i = slotIndex(containing: base), slots![i].base == base else {
                 throw SevError(ENOENT, "no slot starts at gfn \(hex(base))")
             }

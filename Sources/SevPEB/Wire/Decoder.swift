@@ -19,7 +19,12 @@ public final class LoadSession {
     var anyState = false
     /// Checksum of the current payload's bytes so far.
     var check = XXH64()
+    // SAFETY: both buffers are owned by this session (freed in deinit) and
+    // sized for the largest record (Wire.maxRecordPages bits).
     let scratch: UnsafeMutablePointer<UInt8>
+    /// RUNS are expanded here as words (Bits works on UInt64), then stored
+    /// into `scratch` as little-endian bytes: no memory is rebound.
+    let runWords: UnsafeMutablePointer<UInt64>
     /// Called after each record is read and checked (tools: `sevpeb dump`).
     /// Arguments: payload index, record offset in the payload, the record,
     /// and three fields whose meaning depends on the record:
@@ -35,12 +40,17 @@ public final class LoadSession {
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
-    private init(scratch: UnsafeMutablePointer<UInt8>) { self.scratch = scratch }
+    private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>) {
+        self.scratch = scratch; self.runWords = runWords
+    }
     public static func create() throws(SevError) -> LoadSession {
         guard let s = Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
-        return LoadSession(scratch: s)
+        guard let w = Mem.calloc(Int(Wire.maxRecordPages) / 64 &+ 2, UInt64.self) else {
+            Mem.free(s); throw .noMemory("decoder run buffer")
+        }
+        return LoadSession(scratch: s, runWords: w)
     }
-    deinit { Mem.free(scratch) }
+    deinit { Mem.free(scratch); Mem.free(runWords) }
 
     public func setup() {
         staging = nil; sawHeader = false; sawLayout = false; finished = false; failed = false
@@ -199,6 +209,9 @@ public final class LoadSession {
             let n = try be64(&src)
             let v = try u8(&src)
             if v > 1 { throw SevError(EBADMSG, "FILL at offset \(at): state \(v) (expected 0 shared or 1 private)") }
+            // FORMAT.md: npages > 0; a malformed record is EBADMSG (the
+            // tracker's own EINVAL for an empty range is an API error).
+            if n == 0 { throw SevError(EBADMSG, "FILL at offset \(at): npages 0 (expected > 0)") }
             try checkOrder("FILL", at, gfn, n)
             try wrapRange(at, "FILL") { () throws(SevError) in try st.setRange(gfn, n, private: v == 1) }
             emit(at, .fill, gfn, n, UInt64(v))
@@ -226,9 +239,9 @@ public final class LoadSession {
             if nr == 0 || nr > n / 2 &+ 1 {
                 throw SevError(EMSGSIZE, "RUNS at offset \(at): nruns \(nr) (expected 1..\(n / 2 &+ 1) for \(n) pages)")
             }
-            // Build the bits in scratch: private, then the shared runs.
+            // Build the bits in runWords: private, then the shared runs.
             let nb = Int((n &+ 7) &>> 3)
-            let words = UnsafeMutableRawPointer(scratch).bindMemory(to: UInt64.self, capacity: (nb &+ 7) / 8 &+ 1)
+            let words = runWords
             let nw = (Int(n) &+ 63) &>> 6
             for i in 0..<nw { words[i] = 0 }
             Bits.fill(words, from: 0, to: Int(n), value: true)
@@ -241,9 +254,12 @@ public final class LoadSession {
                 Bits.fill(words, from: off, to: off &+ len, value: false)
                 next = off &+ len
             }
-            // scratch is little-endian words == LSB-first bytes on x86; store
-            // explicitly so big-endian hosts agree.
-            for i in 0..<nw { words[i] = words[i].littleEndian }
+            // LSB-first bytes = little-endian words: store them as such into
+            // the byte buffer (any host byte order).
+            // SAFETY: nw * 8 <= maxRecordPages / 8 < scratch's size; storeBytes
+            // writes a trivial value into raw bytes without rebinding them.
+            let raw = UnsafeMutableRawPointer(scratch)
+            for i in 0..<nw { raw.storeBytes(of: words[i].littleEndian, toByteOffset: i &* 8, as: UInt64.self) }
             try wrapRange(at, "RUNS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
             emit(at, .runs, gfn, UInt64(n), UInt64(nr))
         default: break

@@ -28,7 +28,7 @@ struct RecordWriter<S: ByteSink> {
     /// END_OF_PAYLOAD: the type byte, then the low 32 bits of XXH64 over
     /// every payload byte up to and including that type byte; then flush.
     mutating func endPayload() throws(SevError) {
-        try begin(.end, body: 4)
+        try begin(.end, body: Wire.Record.end.fixedBodyBytes)
         check.update(buf + hashed, used &- hashed)
         hashed = used
         let c = UInt32(truncatingIfNeeded: check.finish())
@@ -68,18 +68,18 @@ public final class SaveSession {
     let out: UnsafeMutablePointer<UInt8>
     static let outCap = 16384
 
-    public var iterations: UInt32 = 0
-    public var setupBytes: UInt64 = 0
-    public var iterateBytes: UInt64 = 0
-    public var lastIterateBytes: UInt64 = 0
-    public var completeBytes: UInt64 = 0
-    public var records: UInt64 = 0
+    public private(set) var iterations: UInt32 = 0
+    public private(set) var setupBytes: UInt64 = 0
+    public private(set) var iterateBytes: UInt64 = 0
+    public private(set) var lastIterateBytes: UInt64 = 0
+    public private(set) var completeBytes: UInt64 = 0
+    public private(set) var records: UInt64 = 0
 
     private init(scratch: UnsafeMutablePointer<UInt64>, out: UnsafeMutablePointer<UInt8>) {
         self.scratch = scratch; self.out = out
     }
     public static func create() throws(SevError) -> SaveSession {
-        guard let s = Mem.calloc(Geometry.blockWords, UInt64.self) else { throw .noMemory("encoder scratch") }
+        guard let s = Mem.calloc(Tracker.chunkBufferWords, UInt64.self) else { throw .noMemory("encoder scratch") }
         guard let o = Mem.calloc(outCap, UInt8.self) else { Mem.free(s); throw .noMemory("encoder buffer") }
         return SaveSession(scratch: s, out: o)
     }
@@ -92,7 +92,7 @@ public final class SaveSession {
         if let why = t.migrationRefusal() { throw why }
         iterations = 0; setupBytes = 0; iterateBytes = 0; lastIterateBytes = 0; completeBytes = 0; records = 0
         var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
-        try w.begin(.header, body: 8)
+        try w.begin(.header, body: Wire.Record.header.fixedBodyBytes)
         w.be32(Wire.magic); w.be16(Wire.version); w.u8(Wire.pageShift); w.u8(0)
         try writeLayout(t, &w)
         try writeControl(t, &w, force: true)
@@ -138,7 +138,7 @@ public final class SaveSession {
             _ = try writeChunks(t, &w, mode: .dirty, budget: 0)
         }
         let sum = t.summary()
-        try w.begin(.final, body: 24)
+        try w.begin(.final, body: Wire.Record.final.fixedBodyBytes)
         w.be64(sum.digest); w.be64(sum.pages); w.be64(sum.shared)
         try w.endPayload()
         completeBytes = w.total
@@ -160,7 +160,7 @@ public final class SaveSession {
         // next payload send the layout again.
         let gen = t.currentLayoutGeneration
         let slots = t.slotList
-        try w.begin(.layout, body: 4)
+        try w.begin(.layout, body: Wire.Record.layout.fixedBodyBytes)
         w.be32(UInt32(truncatingIfNeeded: slots.count))
         for s in slots {
             try w.reserve(16)
@@ -172,7 +172,7 @@ public final class SaveSession {
     func writeControl<S>(_ t: Tracker, _ w: inout RecordWriter<S>, force: Bool) throws(SevError) {
         let v = t.migrationControl
         if !force && v == sentControl { return }
-        try w.begin(.control, body: 8)
+        try w.begin(.control, body: Wire.Record.control.fixedBodyBytes)
         w.be64(v)
         sentControl = v
     }
@@ -225,7 +225,7 @@ public final class SaveSession {
     }
 
     func writeFill<S>(_ w: inout RecordWriter<S>, _ gfn: UInt64, _ n: UInt64, _ v: Bool) throws(SevError) {
-        try w.begin(.fill, body: 17)
+        try w.begin(.fill, body: Wire.Record.fill.fixedBodyBytes)
         w.be64(gfn); w.be64(n); w.u8(v ? 1 : 0)
     }
 
@@ -237,7 +237,7 @@ public final class SaveSession {
         // bits have ~16 runs a word, so this reads a few words, not 256).
         let runs = Bits.zeroRuns(bits, bits: n, limit: rawBytes &>> 2)
         if runs &* 4 &+ 4 < rawBytes {
-            try w.begin(.runs, body: 16 &+ runs &* 4)
+            try w.begin(.runs, body: Wire.Record.runs.fixedBodyBytes &+ runs &* 4)
             w.be64(gfn); w.be32(UInt32(n)); w.be32(UInt32(runs))
             var i = 0
             while i < n {
@@ -248,7 +248,7 @@ public final class SaveSession {
                 i = e
             }
         } else {
-            try w.begin(.bits, body: 12 &+ rawBytes)
+            try w.begin(.bits, body: Wire.Record.bits.fixedBodyBytes &+ rawBytes)
             w.be64(gfn); w.be32(UInt32(n))
             let full = rawBytes &>> 3
             for k in 0..<full {
@@ -256,7 +256,7 @@ public final class SaveSession {
                 w.used &+= 8
             }
             var rest = rawBytes &- full &* 8
-            var v = full < Geometry.chunkWords ? bits[full] : 0
+            var v = full < Tracker.chunkPages >> 6 ? bits[full] : 0
             while rest > 0 { w.buf[w.used] = UInt8(truncatingIfNeeded: v); v &>>= 8; w.used &+= 1; rest &-= 1 }
             w.total &+= UInt64(rawBytes)
         }

@@ -52,13 +52,26 @@ public enum Wire {
             case .end: return "END_OF_PAYLOAD"
             }
         }
+
+        /// Bytes of the record's fixed fields after the type byte (the
+        /// table above); LAYOUT, BITS and RUNS add their variable part.
+        /// The encoder sizes every record from here.
+        public var fixedBodyBytes: Int {
+            switch self {
+            case .header: return 8      // be32 magic, be16 version, u8 page_shift, u8 flags
+            case .layout: return 4      // be32 count (+ 16 per slot)
+            case .control: return 8     // be64 value
+            case .fill: return 17       // be64 gfn, be64 npages, u8 value
+            case .bits: return 12       // be64 gfn, be32 npages (+ bit bytes)
+            case .runs: return 16       // be64 gfn, be32 npages, be32 nruns (+ 4 per run)
+            case .final: return 24      // be64 digest, be64 pages, be64 shared
+            case .end: return 4         // be32 check
+            }
+        }
     }
 
-    /// Bytes of each fixed record (type byte included).
-    public static let headerBytes = 1 + 8
-    public static let fillBytes = 1 + 17
-    public static let finalBytes = 1 + 24
-    public static let controlBytes = 1 + 8
+    /// Bytes of a FINAL record, type byte included.
+    public static let finalBytes = 1 + Record.final.fixedBodyBytes
 }
 
 /// Where encoded bytes go. Generic (not an existential) so it works in
