@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--libvirt", action="store_true",
                     help="only the libvirt scenarios (two libvirtd, virsh; docs/LIBVIRT.md); --full runs them too")
     ap.add_argument("--lv-count", type=int, default=None,
-                    help="virsh migrate --live per mode in lv-live (quick 1 p2p, else 10 p2p + 10 managed)")
+                    help="virsh migrate --live per mode in lv-live (quick: 1 p2p; else 20 p2p + 20 managed = 10 round trips each)")
     ap.add_argument("--allow-stock", action="store_true",
                     help="run with a QEMU that lacks the object (plumbing only: ping-pong + peer without sevpeb)")
     ap.add_argument("--keep-work", action="store_true", help="keep serial/stderr logs of passing runs")
@@ -165,7 +165,7 @@ def main():
                         lvctx.start()
                     if key == "lv-live":
                         quick = mode == "quick"
-                        n = args.lv_count or (1 if quick else 10)
+                        n = args.lv_count or (1 if quick else 20)   # 20 = 10 round trips
                         r = lv.live(lvctx, n, ("p2p",) if quick else ("p2p", "managed"))
                     else:
                         r = lv.SCENARIOS[key](lvctx)

@@ -208,7 +208,7 @@ lock_manager = "nop"
         d = os.path.join(self.root, "run/libvirt/qemu")
         try:
             for f in os.listdir(d):
-                if f.endswith(".pid"):
+                if f.endswith(".pid") and f != "driver.pid":     # driver.pid is libvirtd itself
                     try:
                         out.append(int(open(os.path.join(d, f)).read().strip()))
                     except (OSError, ValueError):
@@ -576,9 +576,16 @@ class LvCtx:
         return rec
 
 
+def err_line(m):
+    """virsh's error line (its output also carries the progress lines)."""
+    lines = (m.get("error") or "").splitlines()
+    e = [l for l in lines if l.startswith("error:")]
+    return " ".join(e)[-300:] if e else (lines[-1][-300:] if lines else "")
+
+
 def _mig_detail(m):
     if m["status"] != "completed":
-        return f"rc {m['rc']}: {m['error'][-300:]}"
+        return f"rc {m['rc']}: {err_line(m)}"
     return (f"{m['wall_s']:.1f} s wall, libvirt: {_fmt(m.get('total_ms'))} ms total, "
             f"{_fmt(m.get('downtime_ms'))} ms downtime, {_fmt(m.get('ram_mib'), 1)} MiB RAM, "
             f"{_fmt(m.get('iterations'))} iterations, {m['churn_calls']} churn calls via libvirt")
@@ -632,6 +639,14 @@ def live(ctx, count, modes=("p2p", "managed")):
             if dst is None:
                 break
             src = dst
+        if mode == modes[-1] and ctx.where():
+            # negative control: one page flipped behind the model's back must be caught
+            h = ctx.where()
+            probe = next(g for g in range(0x300, 0x10000) if not model.is_shared(g))
+            ctx.chan(h).cmd("x-sev-page-enc-bitmap-set", gpa=probe * 4096, npages=1, encrypted=False)
+            rs = normalize(ctx.query(h)["shared-ranges"])
+            r.check("negative control: a page flipped behind the model's back is detected (state != model)",
+                    rs != model.ranges(), f"gfn {probe:#x}: {diff_ranges(rs, model.ranges())}")
         r.numbers[f"{mode}_churn_calls"] = churn.calls
         r.numbers[f"{mode}_churn_errors"] = len(churn.errors)
         if churn.errors:
@@ -678,7 +693,8 @@ def options(ctx):
         if d:
             src = d
     # expected refusals: record what libvirt says, and the domain must stay put and intact
-    for label, flags, why in (("tls", ["--p2p", "--tls"], "no x509 certificates under /etc/pki/qemu in the sandbox"),
+    for label, flags, why in (("tls", ["--p2p", "--tls"], "the patched QEMU is built without GnuTLS (and the sandbox has no "
+                                                         "x509 certificates under /etc/pki/qemu)"),
                               ("direct", ["--direct"], "unmanaged direct migration is not supported by the QEMU driver")):
         qb = ctx.query(src)
         m = ctx.migrate(r, src, flags, label)
@@ -689,7 +705,7 @@ def options(ctx):
             ctx.check_state(r, src, model, f"{label}: completed; destination bitmap == model")
         else:
             r.check(f"{label}: refused ({why}); domain still running on {src} with its bitmap", ctx.where() == src,
-                    m["error"].splitlines()[-1][:200] if m["error"] else "")
+                    err_line(m))
             ctx.check_state(r, src, model, f"{label}: source bitmap unchanged after the refusal", other=qb)
     return r
 
@@ -838,14 +854,29 @@ def failure(ctx):
     f = os.path.join(ctx.work, "no-object.xml")
     open(f, "w").write(bad)
     r.check("migration XML without the object prepared", "sev-page-enc-bitmap" not in bad and bad != xml)
-    m = ctx.migrate(r, "A", ["--p2p", "--xml", f], "object missing", churn=churn)
-    r.lv_migrations.append(m)
-    r.check("object missing: virsh migrate fails", m["status"] != "completed", (m["error"] or "")[-300:])
-    r.check("object missing: libvirt's error names the section",
-            m["error"] is not None and "sev-page-enc-bitmap" in m["error"], (m["error"] or "")[-300:])
-    r.check("object missing: source keeps running", ctx.where() == "A" and ctx.guest_progresses(),
-            f"running on {ctx.where()}")
-    ctx.check_state(r, "A", model, "object missing: source bitmap == model (churn included)")
+    for mode, flags in (("p2p", ["--p2p"]), ("managed", [])):
+        lb = f"object missing ({mode})"
+        dlog = os.path.join(ctx.d["B"].root, "var/log/libvirt/libvirtd.log")
+        off = os.path.getsize(dlog) if os.path.exists(dlog) else 0
+        m = ctx.migrate(r, "A", flags + ["--xml", f], lb, churn=churn)
+        r.lv_migrations.append(m)
+        r.check(f"{lb}: virsh migrate fails", m["status"] != "completed", (m["error"] or "")[-300:])
+        try:
+            with open(dlog, errors="replace") as fh:
+                fh.seek(off)
+                dl = [l for l in fh.read().splitlines() if "sev-page-enc-bitmap" in l and "error" in l]
+        except OSError:
+            dl = []
+        in_virsh = m["error"] is not None and "sev-page-enc-bitmap" in m["error"]
+        r.numbers[f"{mode}_virsh_error_names_section"] = in_virsh
+        r.check(f"{lb}: libvirt reports an error naming the section "
+                f"({'in virsh migrate' if in_virsh else 'in the destination libvirtd log'})",
+                in_virsh or bool(dl),
+                err_line(m) + " | destination libvirtd: " +
+                (dl[-1].split(": ", 2)[-1][:300] if dl else "nothing"))
+        r.check(f"{lb}: source keeps running", ctx.where() == "A" and ctx.guest_progresses(),
+                f"running on {ctx.where()}")
+        ctx.check_state(r, "A", model, f"{lb}: source bitmap == model (churn included)")
     # 2. the destination QEMU is killed during the migration
     killed = {}
 
@@ -867,8 +898,7 @@ def failure(ctx):
     r.lv_migrations.append(m)
     r.numbers["killed"] = killed
     r.check("destination QEMU killed mid-way", bool(killed.get("pids")), str(killed))
-    r.check("destination killed: virsh migrate fails with an error", m["status"] != "completed",
-            (m["error"] or "")[-300:])
+    r.check("destination killed: virsh migrate fails with an error", m["status"] != "completed", err_line(m))
     r.check("destination killed: source keeps running", ctx.where() == "A" and ctx.guest_progresses(),
             f"running on {ctx.where()}")
     ctx.check_state(r, "A", model, "destination killed: source bitmap == model (churn included)")
