@@ -164,7 +164,7 @@ def main():
                         lvctx = lv.LvCtx(args, qemu, fw_dirs, guest, hosts, work, peb)
                         lvctx.start()
                     if key == "lv-live":
-                        quick = mode == "quick"
+                        quick = args.quick or (mode == "quick" and not args.libvirt)
                         n = args.lv_count or (1 if quick else 20)   # 20 = 10 round trips
                         r = lv.live(lvctx, n, ("p2p",) if quick else ("p2p", "managed"))
                     else:

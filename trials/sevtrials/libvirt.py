@@ -44,6 +44,9 @@ except ImportError:         # ensure_libvirt() installs it
 PKGS = ["libvirt-daemon-system", "libvirt-clients", "libvirt-daemon-driver-qemu", "python3-libvirt"]
 BIND = ["run/libvirt", "var/lib/libvirt", "etc/libvirt", "var/log/libvirt", "var/cache/libvirt"]
 DOM = "sevpeb-lv"
+# libvirt refuses a migration whose two ends report the same host UUID ("Attempt to migrate guest to
+# the same host"); both daemons run on one machine, so each gets its own.
+HOST_UUID = {"A": "5e7be000-0000-4000-8000-00000000000a", "B": "5e7be000-0000-4000-8000-00000000000b"}
 
 
 def ensure_libvirt():
@@ -109,6 +112,7 @@ auth_unix_rw = "none"
 unix_sock_rw_perms = "0700"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 keepalive_interval = 5
+host_uuid = "{HOST_UUID[self.host]}"
 """)
         with open(os.path.join(etc, "qemu.conf"), "w") as f:
             f.write(f"""# written by trials/sevtrials/libvirt.py (private to host {self.host})
@@ -848,6 +852,18 @@ def failure(ctx):
     churn.mark_boot()
     churn.detach()
     qb = ctx.check_state(r, "A", model, "before: source bitmap == model")
+    # 0. the guest has not declared itself ready (migration-control bit 0 clear, required):
+    #    QEMU's migration blocker, which libvirt shows as its refusal
+    a = ctx.chan("A")
+    a.cmd("qom-set", path="/objects/peb0", property="migration-control", value=0)
+    a.cmd("qom-set", path="/objects/peb0", property="require-migration-ready", value=True)
+    m = ctx.migrate(r, "A", ["--p2p"], "guest not ready")
+    r.lv_migrations.append(m)
+    r.check("guest not ready: virsh migrate refused with the reason", m["status"] != "completed" and
+            re.search(r"ready|migration.control", m["error"] or "", re.I), err_line(m))
+    r.check("guest not ready: source keeps running", ctx.where() == "A", f"running on {ctx.where()}")
+    ctx.check_state(r, "A", model, "guest not ready: source bitmap == model", other=qb)
+    a.cmd("qom-set", path="/objects/peb0", property="migration-control", value=1)
     # 1. the destination XML lacks the object (an operator's edited XML)
     rc, xml, _ = ctx.virsh("A", "dumpxml", "--migratable", DOM)
     bad = re.sub(r"\s*<qemu:arg value='-object'/>\s*<qemu:arg value='sev-page-enc-bitmap,id=peb0'/>", "", xml)
