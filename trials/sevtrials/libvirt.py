@@ -186,16 +186,17 @@ lock_manager = "nop"
                         pass
             except libvirt.libvirtError:
                 pass
-            for pid in self.qemu_pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             try:
                 self.conn.close()
             except libvirt.libvirtError:
                 pass
             self.conn = None
+        if self.proc:                 # QEMUs this daemon started and did not reap, by their pid files
+            for pid in self.qemu_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         if self.proc and self.proc.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
             try:
