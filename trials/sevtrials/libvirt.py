@@ -215,9 +215,12 @@ lock_manager = "nop"
             for f in os.listdir(d):
                 if f.endswith(".pid") and f != "driver.pid":     # driver.pid is libvirtd itself
                     try:
-                        out.append(int(open(os.path.join(d, f)).read().strip()))
+                        pid = int(open(os.path.join(d, f)).read().strip())
+                        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
                     except (OSError, ValueError):
-                        pass
+                        continue
+                    if b"qemu-system" in cmd and f"guest={f[:-4]}".encode() in cmd:   # not a reused pid
+                        out.append(pid)
         except OSError:
             pass
         return out
