@@ -113,7 +113,7 @@ def main():
         ap.error(f"{qemu} has no sev-page-enc-bitmap object (stock build?). Build the patched QEMU "
                  f"(scripts/build-qemu.sh) or pass --allow-stock for a plumbing-only run")
     if not peb:
-        todo = [s for s in todo if s in ("ping-pong", "peer", "lv-live")]
+        todo = [s for s in todo if s in ("ping-pong", "peer")]
         log(f"WARNING: {qemu} lacks sev-page-enc-bitmap: plumbing-only run of {todo}", always=True)
     guest = assets.ensure_guest()
     if args.fw_dirs:
