@@ -945,7 +945,7 @@ def markdown(ctx, results):
         for m in getattr(r, "lv_migrations", []):
             res = "completed" if m["status"] == "completed" else \
                 ("refused (expected)" if m.get("expected_failure") else "failed") + \
-                f": {(m.get('error') or '').splitlines()[-1][:120] if m.get('error') else ''}"
+                f": {err_line(m)[:300]}"
             L.append(f"| {r.key} | {m['label']} | `{m['flags']}` | {res} | {m['wall_s']:.1f} | "
                      f"{_fmt(m.get('total_ms'))} | {_fmt(m.get('downtime_ms'))} | {_fmt(m.get('ram_mib'), 1)} | "
                      f"{_fmt(m.get('iterations'))} | {m['churn_calls']} |")
