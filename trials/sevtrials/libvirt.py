@@ -586,9 +586,12 @@ class LvCtx:
 
 def err_line(m):
     """virsh's error line (its output also carries the progress lines)."""
-    lines = (m.get("error") or "").splitlines()
-    e = [l for l in lines if l.startswith("error:")]
-    return " ".join(e)[-300:] if e else (lines[-1][-300:] if lines else "")
+    txt = m.get("error") or ""
+    i = txt.find("error:")          # --verbose progress ends in '\r', so the error may share its line
+    if i >= 0:
+        return " ".join(txt[i:].split())[:400]
+    lines = txt.splitlines()
+    return lines[-1][-300:] if lines else ""
 
 
 def _mig_detail(m):
@@ -945,7 +948,7 @@ def markdown(ctx, results):
         for m in getattr(r, "lv_migrations", []):
             res = "completed" if m["status"] == "completed" else \
                 ("refused (expected)" if m.get("expected_failure") else "failed") + \
-                f": {err_line(m)[:300]}"
+                f": {err_line(m)}"
             L.append(f"| {r.key} | {m['label']} | `{m['flags']}` | {res} | {m['wall_s']:.1f} | "
                      f"{_fmt(m.get('total_ms'))} | {_fmt(m.get('downtime_ms'))} | {_fmt(m.get('ram_mib'), 1)} | "
                      f"{_fmt(m.get('iterations'))} | {m['churn_calls']} |")
