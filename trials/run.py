@@ -26,9 +26,11 @@ from sevtrials import assets, report, routing, scenarios         # noqa: E402
 from sevtrials.hosts import Hosts, qemu_has_sevpeb, qemu_version  # noqa: E402
 from sevtrials.util import cache_dir, log                         # noqa: E402
 
-ALL = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt", "not-ready", "peer",
-       "misroute-negative", "postcopy", "multifd", "routing-cost"]
-QUICK = ["ping-pong", "corrupt", "not-ready", "misroute-negative"]
+QMP_ALL = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt", "not-ready", "peer",
+           "misroute-negative", "postcopy", "multifd", "routing-cost"]
+LIBVIRT = ["lv-live", "lv-options", "lv-save", "lv-power", "lv-dimm", "lv-failure"]   # sevtrials/libvirt.py
+ALL = QMP_ALL + LIBVIRT
+QUICK = ["ping-pong", "corrupt", "not-ready", "misroute-negative", "lv-live"]   # lv-live in --quick: one p2p migration
 
 
 def read_env_file(path):
@@ -69,6 +71,10 @@ def main():
     ap.add_argument("--cost-runs", type=int, default=None,
                     help="routing-cost: migrations with routing on and off each (full 7, else 2)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--libvirt", action="store_true",
+                    help="only the libvirt scenarios (two libvirtd, virsh; docs/LIBVIRT.md); --full runs them too")
+    ap.add_argument("--lv-count", type=int, default=None,
+                    help="virsh migrate --live per mode in lv-live (quick: 1 p2p; else 20 p2p + 20 managed = 10 round trips each)")
     ap.add_argument("--allow-stock", action="store_true",
                     help="run with a QEMU that lacks the object (plumbing only: ping-pong + peer without sevpeb)")
     ap.add_argument("--keep-work", action="store_true", help="keep serial/stderr logs of passing runs")
@@ -82,6 +88,8 @@ def main():
     modes = (args.corrupt_modes or ("magic,bits,bits-fixed,final,truncate" if full or args.only
                                     else "bits-fixed,truncate")).split(",")
     todo = ALL if full else (args.only.split(",") if args.only else QUICK)
+    if args.libvirt:
+        todo = [s for s in todo if s in LIBVIRT] if (full or args.only) else list(LIBVIRT)
     bad = [s for s in todo if s not in ALL]
     if bad:
         ap.error(f"unknown scenario(s) {bad}; choose from {ALL}")
@@ -143,6 +151,7 @@ def main():
     hosts = Hosts()
     meta["ns"] = (hosts.ns["A"], hosts.ns["B"])
     results = []
+    lvctx = None
     try:
         hosts.create()
         ctx = scenarios.Ctx(args, qemu, peer_qemu, fw_dirs, guest, hosts, work, peb)
@@ -150,7 +159,20 @@ def main():
             log(f"=== scenario {i}/{len(todo)}: {key} ===", always=True)
             t0 = time.monotonic()
             try:
-                if key == "ping-pong":
+                if key in LIBVIRT:
+                    from sevtrials import libvirt as lv
+                    if lvctx is None:
+                        lv.ensure_libvirt()
+                        meta["libvirt_version"] = lv.virsh_version()
+                        lvctx = lv.LvCtx(args, qemu, fw_dirs, guest, hosts, work, peb)
+                        lvctx.start()
+                    if key == "lv-live":
+                        quick = args.quick or (mode == "quick" and not args.libvirt)
+                        n = args.lv_count or (1 if quick else 20)   # 20 = 10 round trips
+                        r = lv.live(lvctx, n, ("p2p",) if quick else ("p2p", "managed"))
+                    else:
+                        r = lv.SCENARIOS[key](lvctx)
+                elif key == "ping-pong":
                     r = scenarios.pingpong(ctx, args.count)
                 elif key == "reboot":
                     r = scenarios.reboot(ctx)
@@ -188,6 +210,9 @@ def main():
             ctx.cleanup()
         except Exception:
             pass
+        if lvctx is not None:
+            lvctx.stop()
+            meta["libvirt_md"] = lv.markdown(lvctx, results)
         hosts.delete()
 
     pics, why = report.pictures(results, args.out)

@@ -180,6 +180,8 @@ def write_markdown(results, meta, outdir, pictures):
                      f"{_fmt(m.get('dirty_syncs'))} | {_fmt(_peb(m, 'iterations'))} | {_fmt(_peb(m, 'setup-bytes'))} | "
                      f"{_fmt(_peb(m, 'iterate-bytes'))} | {_fmt(_peb(m, 'complete-bytes'))} | {ratio} | "
                      f"{_fmt(m.get('churn_calls'))} | {_route_pages(m)} | {_route_misrouted(m)} |")
+    if meta.get("libvirt_md"):           # sevtrials/libvirt.py's section
+        L += [""] + meta["libvirt_md"]
     if pictures:
         L += ["", "## Pictures", ""]
         for title, fn in pictures:
