@@ -721,7 +721,11 @@ SEVPEB_API int sevpeb_kvm_push_to_kernel(sevpeb_tracker *t);
  * Reboot sync point: make the whole kernel bitmap private (v6
  * KVM_PAGE_ENC_BITMAP_RESET; v7..v9 SET with a NULL bitmap). Upstream:
  * returns 0 and does nothing. The tracker is not changed: call sevpeb_reset
- * too. Returns 0 or a negative errno.
+ * too. v6: 0xAEC7 is also upstream KVM_RESET_DIRTY_RINGS, so the reset is
+ * issued only after KVM_CHECK_EXTENSION reports 0 for both
+ * KVM_CAP_DIRTY_LOG_RING (192) and KVM_CAP_DIRTY_LOG_RING_ACQ_REL (223), as
+ * on the v6 kernel (5.6); otherwise -EOPNOTSUPP and nothing is issued.
+ * Returns 0, -EOPNOTSUPP, or a negative errno (of the ioctl).
  */
 SEVPEB_API int sevpeb_kvm_reset_kernel(sevpeb_tracker *t);
 

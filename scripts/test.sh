@@ -32,6 +32,8 @@ step "benchmarks still run (quick mode; figures, not goals)" \
     bash bench/run.sh --quick
 step "QEMU-level tests (TCG): file/TCP migration, reset, hotplug, hostile streams, inspector" \
     bash tests/qemu/run.sh
+step "QEMU-level tests (-accel kvm): upstream cap + MSR filter, seed v6/v8 kernel models, v6 -> v8 migration" \
+    bash tests/qemu/run-kvm.sh
 step "cross-host trials: quick subset (network namespaces)" \
     "$PYVENV/bin/python" trials/run.py --quick
 summary

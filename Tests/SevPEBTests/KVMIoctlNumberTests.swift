@@ -6,6 +6,19 @@ import Testing
 /// research/domain.md (sections 2.1, 3.6, 3.8) and, where the Debian 6.1
 /// <linux/kvm.h> has the ioctl, to the system header's own macro (the way
 /// vmm-sys-util's test_ioctl_macros pins its computed numbers).
+/// The ioctls the tests use to make their own VMs: test-only, so not in the
+/// library's API (KVM/IoctlNumbers.swift).
+extension KVMIoctl {
+    /// KVM_CREATE_VM, `_IO(KVMIO, 0x01)` = 0xAE01.
+    static let createVM = IoctlRequest.io(kvmio, 0x01)
+    /// KVM_GET_VCPU_MMAP_SIZE, `_IO(KVMIO, 0x04)` = 0xAE04.
+    static let getVCPUMmapSize = IoctlRequest.io(kvmio, 0x04)
+    /// KVM_CREATE_VCPU, `_IO(KVMIO, 0x41)` = 0xAE41.
+    static let createVCPU = IoctlRequest.io(kvmio, 0x41)
+    /// KVM_SET_USER_MEMORY_REGION, `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)` = 0x4020AE46.
+    static let setUserMemoryRegion = IoctlRequest.iow(kvmio, 0x46, kvm_userspace_memory_region.self)
+}
+
 @Suite struct KVMIoctlNumberTests {
     @Test func upstreamNumbers() {
         #expect(KVMIoctl.createVM.rawValue == 0xAE01)

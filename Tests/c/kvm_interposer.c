@@ -20,6 +20,15 @@
  *    KVM_CHECK_EXTENSION(KVM_CAP_MEMORY_ATTRIBUTES) and
  *    KVM_SET_MEMORY_ATTRIBUTES are answered by the model; everything else
  *    goes to the kernel.
+ * 4. QEMU mode (environment, for tests/qemu/test_kvm.py): KVMODEL_LOG=FILE
+ *    appends one line per ioctl on the VM fd QEMU creates, and per ioctl of
+ *    type 0xAE with nr 0xc5..0xc9 on any fd; KVMODEL_QEMU=6|8 gives that
+ *    real VM fd the v6 / v8 kernel model (its GET/SET/RESET answered by the
+ *    model, memslot ioctls seen by the model AND passed to the kernel,
+ *    everything else passed through); KVMODEL_HC=FILE is a file of guest
+ *    hypercalls "gpa npages enc", applied to the model (and removed) before
+ *    the next model ioctl, as if the guest had made them. The log shows what
+ *    the model received and its state after each change.
  * Everything else is passed to the real ioctl via dlsym(RTLD_NEXT).
  *
  * The test reaches the kvmodel_* functions with dlsym(RTLD_DEFAULT), so it
@@ -62,6 +71,8 @@ struct model_memory_attributes {
 #define MODEL_CAP_MEMORY_ATTRIBUTES 233
 #define MODEL_SET_MEMORY_ATTRIBUTES _IOW(KVMIO, 0xd2, struct model_memory_attributes) /* 0x4020AED2 */
 #define MODEL_ATTR_PRIVATE (1ULL << 3)
+/* Linux 6.8: _IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2), 160 bytes */
+#define MODEL_SET_USER_MEMORY_REGION2 0x40a0ae49ul
 
 #define BITS_PER_LONG 64
 #define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
@@ -95,6 +106,11 @@ struct model {
 };
 #define MAX_MODELS 16
 static struct model models[MAX_MODELS];
+
+/* QEMU mode (see the file comment) */
+static int qm_init_done, qm_version, qm_vm_fd = -1;
+static FILE *qm_log;
+static const char *qm_hc;
 
 static struct model *find(int fd)
 {
@@ -359,8 +375,15 @@ static int model_set_attrs(struct model *m, void *argp)
     return 0;
 }
 
+static void qm_state(struct model *m);
+static void qm_consume_hc(struct model *m);
+static int qm_ioctl(struct model *m, unsigned long req, void *argp);
+
 static int model_ioctl(struct model *m, unsigned long req, void *argp)
 {
+    if (m->fd == qm_vm_fd && qm_version) {
+        return qm_ioctl(m, req, argp);
+    }
     if (m->kind == GMEM) {
         if (req == KVM_CHECK_EXTENSION && (uintptr_t)argp == MODEL_CAP_MEMORY_ATTRIBUTES) {
             return (int)MODEL_ATTR_PRIVATE;
@@ -372,6 +395,10 @@ static int model_ioctl(struct model *m, unsigned long req, void *argp)
     }
     if (req == KVM_SET_USER_MEMORY_REGION) {
         return model_set_memslot(m, argp);
+    }
+    if (req == KVM_CHECK_EXTENSION) {
+        /* the 5.6 (v6) / 5.7 (v8) kernels: no dirty ring (192, 223) */
+        return 0;
     }
     if (m->kind == SEED_V6) {
         if (req == V6_GET_PAGE_ENC_BITMAP) {
@@ -394,6 +421,133 @@ static int model_ioctl(struct model *m, unsigned long req, void *argp)
     return -ENOTTY; /* kvm_arch_vm_ioctl default */
 }
 
+/* ---- QEMU mode ----------------------------------------------------------- */
+static void qm_init(void)
+{
+    qm_init_done = 1;
+    const char *log = getenv("KVMODEL_LOG"), *v = getenv("KVMODEL_QEMU");
+    if (log) {
+        qm_log = fopen(log, "a");
+        if (qm_log) {
+            setvbuf(qm_log, NULL, _IOLBF, 0);
+        }
+    }
+    qm_version = v ? atoi(v) : 0;
+    qm_hc = getenv("KVMODEL_HC");
+}
+
+static void qm_printf(const char *fmt, ...)
+{
+    if (!qm_log) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(qm_log, fmt, ap);
+    va_end(ap);
+}
+
+/* "state size=N shared=a+n,b+m": the model kernel's clear (shared) runs. */
+static void qm_state(struct model *m)
+{
+    qm_printf("state size=%llu shared=", (unsigned long long)m->size);
+    int first = 1, count = 0;
+    for (uint64_t i = 0; i < m->size && count < 64;) {
+        if (test_bit(i, m->bmap)) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < m->size && !test_bit(j, m->bmap)) {
+            j++;
+        }
+        qm_printf("%s%llu+%llu", first ? "" : ",", (unsigned long long)i, (unsigned long long)(j - i));
+        first = 0;
+        count++;
+        i = j;
+    }
+    qm_printf("\n");
+}
+
+static long model_hypercall_locked(struct model *m, uint64_t gpa, uint64_t npages, uint64_t enc);
+
+static void qm_consume_hc(struct model *m)
+{
+    if (!qm_hc) {
+        return;
+    }
+    FILE *f = fopen(qm_hc, "r");
+    if (!f) {
+        return;
+    }
+    unsigned long long gpa, npages, enc;
+    while (fscanf(f, "%llx %llu %llu", &gpa, &npages, &enc) == 3) {
+        long r = model_hypercall_locked(m, gpa, npages, enc);
+        qm_printf("model hypercall gpa=0x%llx npages=%llu enc=%llu ret=%ld\n", gpa, npages, enc, r);
+    }
+    fclose(f);
+    unlink(qm_hc);
+    qm_state(m);
+}
+
+/* The real VM fd with a seed model: the model's numbers, memslots seen. */
+static int qm_ioctl(struct model *m, unsigned long req, void *argp)
+{
+    int v6 = m->kind == SEED_V6;
+    unsigned long get = v6 ? V6_GET_PAGE_ENC_BITMAP : V8_GET_PAGE_ENC_BITMAP;
+    unsigned long set = v6 ? V6_SET_PAGE_ENC_BITMAP : V8_SET_PAGE_ENC_BITMAP;
+    if (req == KVM_SET_USER_MEMORY_REGION || req == MODEL_SET_USER_MEMORY_REGION2) {
+        /* the prefix of kvm_userspace_memory_region2 is the same struct */
+        model_set_memslot(m, argp);
+        return 1 << 30;
+    }
+    if (v6 && req == KVM_CHECK_EXTENSION && ((uintptr_t)argp == 192 || (uintptr_t)argp == 223)) {
+        return 0; /* the v6 kernel (5.6) has no dirty ring */
+    }
+    if (req != get && req != set && !(v6 && req == V6_PAGE_ENC_BITMAP_RESET)) {
+        return 1 << 30;
+    }
+    qm_consume_hc(m);
+    struct kvm_page_enc_bitmap a = { 0 };
+    if (req != V6_PAGE_ENC_BITMAP_RESET) {
+        copy_from_user(&a, argp, sizeof(a));
+    }
+    int r = req == get ? model_get(m, argp)
+          : req == set ? (v6 ? model_set_v6(m, argp) : model_set_v8(m, argp))
+          : model_reset_v6(m);
+    qm_printf("model %s gfn=%llu npages=%llu%s ret=%d\n",
+              req == get ? "GET" : req == set ? "SET" : "RESET",
+              (unsigned long long)a.start_gfn, (unsigned long long)a.num_pages,
+              req == set && !a.enc_bitmap ? " NULL" : "", r);
+    if (req != get) {
+        qm_state(m);
+    }
+    return r;
+}
+
+/* Log one ioctl of interest (after it ran). */
+static void qm_record(int fd, unsigned long req, void *arg, int ret)
+{
+    int seedblock = ((req >> 8) & 0xff) == KVMIO && (req & 0xff) >= 0xc5 && (req & 0xff) <= 0xc9;
+    if (!qm_log || (fd != qm_vm_fd && !seedblock)) {
+        return;
+    }
+    qm_printf("ioctl %s req=%#lx ret=%d", fd == qm_vm_fd ? "vm" : "other", req, ret);
+    if (req == KVM_ENABLE_CAP) {
+        struct kvm_enable_cap *c = arg;
+        qm_printf(" cap=%u args0=%#llx", c->cap, (unsigned long long)c->args[0]);
+    } else if (req == KVM_CHECK_EXTENSION) {
+        qm_printf(" cap=%lu", (unsigned long)(uintptr_t)arg);
+    } else if (req == KVM_X86_SET_MSR_FILTER) {
+        struct kvm_msr_filter *f = arg;
+        qm_printf(" flags=%u msrs=", f->flags);
+        for (int i = 0; i < KVM_MSR_FILTER_MAX_RANGES && f->ranges[i].nmsrs; i++) {
+            qm_printf("%s%#x/%u", i ? "," : "", f->ranges[i].base, f->ranges[i].nmsrs);
+        }
+    }
+    qm_printf("\n");
+}
+
 /* ---- the interposed entry point ----------------------------------------- */
 int ioctl(int fd, unsigned long req, ...)
 {
@@ -405,6 +559,9 @@ int ioctl(int fd, unsigned long req, ...)
         real_ioctl = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
     }
     pthread_mutex_lock(&mu);
+    if (!qm_init_done) {
+        qm_init();
+    }
     if (rec_n < REC_MAX) {
         rec_req[rec_n] = req;
         rec_fd[rec_n] = fd;
@@ -415,15 +572,37 @@ int ioctl(int fd, unsigned long req, ...)
     if (m) {
         r = model_ioctl(m, req, arg);
     }
-    pthread_mutex_unlock(&mu);
     if (r != 1 << 30) {
+        qm_record(fd, req, arg, r);
+        pthread_mutex_unlock(&mu);
         if (r < 0) {
             errno = -r;
             return -1;
         }
         return r;
     }
-    return real_ioctl(fd, req, arg);
+    pthread_mutex_unlock(&mu);
+    int ret = real_ioctl(fd, req, arg);
+    if (qm_log || qm_version) {
+        int e = errno;
+        pthread_mutex_lock(&mu);
+        if (req == KVM_CREATE_VM && ret >= 0 && qm_vm_fd < 0) {
+            qm_vm_fd = ret;
+            qm_printf("vm fd=%d model=%s\n", ret, qm_version == 6 ? "seed-v6" : qm_version == 8 ? "seed-v8" : "none");
+            for (int i = 0; qm_version && i < MAX_MODELS; i++) {
+                if (!models[i].kind) {
+                    memset(&models[i], 0, sizeof(models[i]));
+                    models[i].fd = ret;
+                    models[i].kind = qm_version == 6 ? SEED_V6 : SEED_V8;
+                    break;
+                }
+            }
+        }
+        qm_record(fd, req, arg, ret < 0 ? -e : ret);
+        pthread_mutex_unlock(&mu);
+        errno = e;
+    }
+    return ret;
 }
 
 /* ---- test API ------------------------------------------------------------ */
@@ -499,7 +678,13 @@ int kvmodel_close(int fd)
 long kvmodel_hypercall(int fd, uint64_t gpa, uint64_t npages, uint64_t enc)
 {
     pthread_mutex_lock(&mu);
-    struct model *m = find(fd);
+    long ret = model_hypercall_locked(find(fd), gpa, npages, enc);
+    pthread_mutex_unlock(&mu);
+    return ret;
+}
+
+static long model_hypercall_locked(struct model *m, uint64_t gpa, uint64_t npages, uint64_t enc)
+{
     long ret = 0;
     if (!m || m->kind == GMEM) {
         ret = -EINVAL;
@@ -525,7 +710,6 @@ long kvmodel_hypercall(int fd, uint64_t gpa, uint64_t npages, uint64_t enc)
         }
     }
 out:
-    pthread_mutex_unlock(&mu);
     return ret;
 }
 

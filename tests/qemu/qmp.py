@@ -14,13 +14,13 @@ class Qemu:
     """One QEMU process we started; killed by PID only."""
 
     def __init__(self, env, workdir, name, extra=(), obj=True, incoming=None,
-                 obj_props="", mem="256"):
+                 obj_props="", mem="256", accel="tcg", proc_env=None):
         self.name = name
         self.workdir = workdir
         self.qmp_path = os.path.join(workdir, f"{name}.qmp")
         self.log_path = os.path.join(workdir, f"{name}.log")
         args = [env["QEMU"], "-name", name, "-M", "q35", "-m", mem,
-                "-nodefaults", "-display", "none", "-accel", "tcg",
+                "-nodefaults", "-display", "none", "-accel", accel,
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         for d in env["QEMU_FW_DIRS"].split(":"):
             args += ["-L", d]
@@ -32,7 +32,8 @@ class Qemu:
         self.args = args
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(proc_env or {})))
         self.qmp = None
 
     def connect(self, timeout=30.0):

@@ -24,6 +24,29 @@ public enum KVMDialect: UInt32 {
         case .seedV7to9: return "seed v7-v9"
         }
     }
+
+    /// The seed dialect, or nil for upstream. Exhaustive: a new dialect does
+    /// not compile until it says whether it is a seed one and which.
+    var seed: SeedDialect? {
+        switch self {
+        case .upstream: return nil
+        case .seedV6: return .v6
+        case .seedV7to9: return .v7to9
+        }
+    }
+}
+
+/// The seed dialects (the kernel keeps the bitmap). Every dispatch on them
+/// is a `switch` without `default`.
+enum SeedDialect {
+    case v6, v7to9
+
+    var dialect: KVMDialect {
+        switch self {
+        case .v6: return .seedV6
+        case .v7to9: return .seedV7to9
+        }
+    }
 }
 
 /// The KVM side of one tracker: which VM fd it is bound to, in which
@@ -33,12 +56,14 @@ public enum KVMDialect: UInt32 {
 /// reset, apply) serialize on one mutex, so e.g. a v6 reset-then-clear is
 /// never interleaved with another push. The exit handlers
 /// (`handleHypercall`, `handleMSRExit`) do not touch the binding at all and
-/// the status queries read atomics, so vCPU threads never wait for a sync.
+/// the status queries read one atomic word (fd, dialect and set-up state
+/// together, so a reader never sees the fd of one binding with the state of
+/// another), so vCPU threads never wait for a sync.
 public final class KVMBinding {
     let lock: UnsafeMutablePointer<pthread_mutex_t>
-    let fdValue = Atomic<Int32>(-1)
-    let dialectValue = Atomic<UInt32>(0)
-    let stateBits = Atomic<UInt32>(0)
+    /// 0 = unbound; else bits 0-31 the fd, 32-39 the dialect's raw value,
+    /// 40-47 `State`.
+    let word = Atomic<UInt64>(0)
     /// v6: the highest GFN end this library has written through SET, so the
     /// kernel's lazily grown bitmap is known to cover at least this.
     var v6Covered: UInt64 = 0
@@ -67,19 +92,37 @@ public final class KVMBinding {
         return try body()
     }
 
-    var state: State { State(rawValue: stateBits.load(ordering: .acquiring)) }
-    func insert(_ s: State) { _ = stateBits.bitwiseOr(s.rawValue, ordering: .acquiringAndReleasing) }
+    /// One consistent reading of the binding.
+    struct Snapshot {
+        let fd: VMFD
+        let dialect: KVMDialect
+        let state: State
+    }
+
+    static func pack(_ fd: VMFD, _ d: KVMDialect, _ s: State) -> UInt64 {
+        UInt64(UInt32(bitPattern: fd.rawValue)) | UInt64(d.rawValue & 0xff) << 32 | UInt64(s.rawValue & 0xff) << 40
+    }
+
+    /// Record more set-up state (the binding's lock held).
+    func insert(_ s: State) { _ = word.bitwiseOr(UInt64(s.rawValue & 0xff) << 40, ordering: .acquiringAndReleasing) }
+
+    /// The binding (fd, dialect, state) from one atomic load, or nil.
+    var snapshot: Snapshot? {
+        let w = word.load(ordering: .acquiring)
+        let s = State(rawValue: UInt32(truncatingIfNeeded: w >> 40) & 0xff)
+        guard s.contains(.bound), let d = KVMDialect(rawValue: UInt32(truncatingIfNeeded: w >> 32) & 0xff) else { return nil }
+        return Snapshot(fd: VMFD(rawValue: Int32(bitPattern: UInt32(truncatingIfNeeded: w))), dialect: d, state: s)
+    }
 
     /// The bound VM fd and dialect, or nil.
     public var binding: (fd: VMFD, dialect: KVMDialect)? {
-        guard state.contains(.bound) else { return nil }
-        return (VMFD(rawValue: fdValue.load(ordering: .acquiring)),
-                KVMDialect(rawValue: dialectValue.load(ordering: .acquiring)) ?? .upstream)
+        guard let b = snapshot else { return nil }
+        return (b.fd, b.dialect)
     }
 
     /// The binding, or EBADF naming what the caller tried to do.
-    func require(_ what: String) throws(SevError) -> (fd: VMFD, dialect: KVMDialect) {
-        guard let b = binding else { throw SevError(EBADF, "\(what): no VM fd bound (call sevpeb_kvm_bind first)") }
+    func require(_ what: String) throws(SevError) -> Snapshot {
+        guard let b = snapshot else { throw SevError(EBADF, "\(what): no VM fd bound (call sevpeb_kvm_bind first)") }
         return b
     }
 
@@ -93,19 +136,17 @@ public final class KVMBinding {
     ///   (already bound; unbind first), EINVAL (unknown dialect).
     public func bind(fd: VMFD, dialect: KVMDialect) throws(SevError) {
         try locked { () throws(SevError) in
-            if state.contains(.bound) {
-                throw SevError(EBUSY, "already bound to VM fd \(fdValue.load(ordering: .relaxed)); call sevpeb_kvm_unbind first")
+            if let b = snapshot {
+                throw SevError(EBUSY, "already bound to VM fd \(b.fd.rawValue); call sevpeb_kvm_unbind first")
             }
             if fd.rawValue < 0 { throw SevError(EBADF, "VM fd \(fd.rawValue) is negative") }
-            if dialect == .upstream {
+            if dialect.seed == nil {
                 do throws(Errno) { _ = try fd.checkExtension(.exitHypercall) } catch {
                     throw kvmError(error, "KVM_CHECK_EXTENSION(KVM_CAP_EXIT_HYPERCALL) on fd \(fd.rawValue)")
                 }
             }
-            fdValue.store(fd.rawValue, ordering: .releasing)
-            dialectValue.store(dialect.rawValue, ordering: .releasing)
             v6Covered = 0
-            stateBits.store(State.bound.rawValue, ordering: .releasing)
+            word.store(Self.pack(fd, dialect, .bound), ordering: .releasing)
         }
     }
 
@@ -113,9 +154,7 @@ public final class KVMBinding {
     /// it. KVM keeps whatever was enabled; the CPUID answer becomes 0.
     public func unbind() {
         sevpeb_shim_mutex_lock(lock)
-        stateBits.store(0, ordering: .releasing)
-        fdValue.store(-1, ordering: .releasing)
-        dialectValue.store(0, ordering: .releasing)
+        word.store(0, ordering: .releasing)
         v6Covered = 0
         sevpeb_shim_mutex_unlock(lock)
     }

@@ -52,12 +52,9 @@ public enum KVMIoctl {
     /// `KVMIO` (include/uapi/linux/kvm.h).
     public static let kvmio: UInt = 0xAE
 
-    // Ioctls for /dev/kvm (the tests create their own VMs with these).
-
-    /// KVM_CREATE_VM, `_IO(KVMIO, 0x01)` = 0xAE01.
-    public static let createVM = IoctlRequest.io(kvmio, 0x01)
-    /// KVM_GET_VCPU_MMAP_SIZE, `_IO(KVMIO, 0x04)` = 0xAE04.
-    public static let getVCPUMmapSize = IoctlRequest.io(kvmio, 0x04)
+    // The ioctls the tests use to create their own VMs (KVM_CREATE_VM,
+    // KVM_CREATE_VCPU, ...) live with the tests (KVMIoctlNumberTests.swift),
+    // not in this API.
 
     // Ioctls for /dev/kvm and VM fds.
 
@@ -67,11 +64,6 @@ public enum KVMIoctl {
 
     // Ioctls for VM fds.
 
-    /// KVM_CREATE_VCPU, `_IO(KVMIO, 0x41)` = 0xAE41 (tests only).
-    public static let createVCPU = IoctlRequest.io(kvmio, 0x41)
-    /// KVM_SET_USER_MEMORY_REGION, `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`
-    /// = 0x4020AE46 (tests only).
-    public static let setUserMemoryRegion = IoctlRequest.iow(kvmio, 0x46, kvm_userspace_memory_region.self)
     /// KVM_ENABLE_CAP, `_IOW(KVMIO, 0xa3, struct kvm_enable_cap)` = 0x4068AEA3.
     public static let enableCap = IoctlRequest.iow(kvmio, 0xa3, kvm_enable_cap.self)
     /* Available with KVM_CAP_X86_MSR_FILTER (Linux 5.10). Shares nr 0xc6 with the
@@ -110,10 +102,28 @@ public enum KVMCap: UInt32 {
     case x86UserSpaceMSR = 188
     /// KVM_CAP_X86_MSR_FILTER 189 (Linux 5.10).
     case x86MSRFilter = 189
+    /// KVM_CAP_DIRTY_LOG_RING 192 (Linux 5.11): where it exists, 0xAEC7 is
+    /// KVM_RESET_DIRTY_RINGS, so the v6 RESET is refused.
+    case dirtyLogRing = 192
     /// KVM_CAP_EXIT_HYPERCALL 201 (Linux 5.14; domain.md §3.2). CHECK_EXTENSION
     /// returns the mask of hypercalls that may exit.
     case exitHypercall = 201
     /// KVM_CAP_MEMORY_ATTRIBUTES 233 (Linux 6.8; domain.md §3.6). CHECK_EXTENSION
     /// returns the supported attribute mask.
     case memoryAttributes = 233
+    /// KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223 (Linux 6.0): the other dirty-ring
+    /// capability (see dirtyLogRing).
+    case dirtyLogRingAcqRel = 223
+
+    /// The capability's name in <linux/kvm.h>.
+    var name: String {
+        switch self {
+        case .x86UserSpaceMSR: return "KVM_CAP_X86_USER_SPACE_MSR"
+        case .x86MSRFilter: return "KVM_CAP_X86_MSR_FILTER"
+        case .dirtyLogRing: return "KVM_CAP_DIRTY_LOG_RING"
+        case .exitHypercall: return "KVM_CAP_EXIT_HYPERCALL"
+        case .memoryAttributes: return "KVM_CAP_MEMORY_ATTRIBUTES"
+        case .dirtyLogRingAcqRel: return "KVM_CAP_DIRTY_LOG_RING_ACQ_REL"
+        }
+    }
 }

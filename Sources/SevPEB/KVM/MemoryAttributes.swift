@@ -25,7 +25,7 @@ extension KVMBinding {
     public func applyMemoryAttributes(_ tracker: Tracker) throws(SevError) -> Int {
         try locked { () throws(SevError) -> Int in
             let b = try require("apply memory attributes")
-            if b.dialect != .upstream {
+            if b.dialect.seed != nil {
                 throw SevError(EOPNOTSUPP, "memory attributes are upstream ABI; VM is bound with the \(b.dialect.name) dialect")
             }
             let mask: UInt64

@@ -41,14 +41,18 @@ extension KVMBinding {
     /// an SEV guest), ENOMEM, EFAULT.
     ///
     /// The corresponding C ioctl is `KVM_GET_PAGE_ENC_BITMAP` (v6 0x4018AEC5, v7-v9 0x4018AEC6).
-    func seedRawGet(_ fd: VMFD, _ d: KVMDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutableRawPointer) throws(SevError) {
+    func seedRawGet(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutableRawPointer) throws(SevError) {
         var arg = sevpeb_kvm_page_enc_bitmap()
         arg.start_gfn = gfn
         arg.num_pages = n
         arg.enc_bitmap = dst
-        let req = d == .seedV6 ? SeedIoctl.v6Get : SeedIoctl.v7Get
+        let req: IoctlRequest
+        switch d {
+        case .v6: req = SeedIoctl.v6Get
+        case .v7to9: req = SeedIoctl.v7Get
+        }
         do throws(Errno) { _ = try fd.ioctl(req, writing: &arg) } catch {
-            throw kvmError(error, "KVM_GET_PAGE_ENC_BITMAP(\(d.name), gfn \(hex(gfn)), \(n) pages)")
+            throw kvmError(error, "KVM_GET_PAGE_ENC_BITMAP(\(d.dialect.name), gfn \(hex(gfn)), \(n) pages)")
         }
     }
 
@@ -64,14 +68,18 @@ extension KVMBinding {
     /// Errors: ENOTTY, ENOMEM, EFAULT.
     ///
     /// The corresponding C ioctl is `KVM_SET_PAGE_ENC_BITMAP` (v6 0x4018AEC6, v7-v9 0x4018AEC7).
-    func seedRawSet(_ fd: VMFD, _ d: KVMDialect, _ gfn: UInt64, _ n: UInt64, _ src: UnsafeMutableRawPointer?) throws(SevError) {
+    func seedRawSet(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ src: UnsafeMutableRawPointer?) throws(SevError) {
         var arg = sevpeb_kvm_page_enc_bitmap()
         arg.start_gfn = gfn
         arg.num_pages = n
         arg.enc_bitmap = src
-        let req = d == .seedV6 ? SeedIoctl.v6Set : SeedIoctl.v7Set
+        let req: IoctlRequest
+        switch d {
+        case .v6: req = SeedIoctl.v6Set
+        case .v7to9: req = SeedIoctl.v7Set
+        }
         do throws(Errno) { _ = try fd.ioctl(req, writing: &arg) } catch {
-            throw kvmError(error, "KVM_SET_PAGE_ENC_BITMAP(\(d.name), gfn \(hex(gfn)), \(n) pages\(src == nil ? ", NULL" : ""))")
+            throw kvmError(error, "KVM_SET_PAGE_ENC_BITMAP(\(d.dialect.name), gfn \(hex(gfn)), \(n) pages\(src == nil ? ", NULL" : ""))")
         }
     }
 
@@ -81,22 +89,39 @@ extension KVMBinding {
     /// to reset the guest's page encryption bitmap during guest reboot";
     /// v7-v9: KVM_SET_PAGE_ENC_BITMAP with enc_bitmap NULL ("special case of
     /// resetting the complete bitmap").
-    func seedRawReset(_ fd: VMFD, _ d: KVMDialect) throws(SevError) {
-        if d == .seedV6 {
+    ///
+    /// 0xAEC7 is also upstream KVM_RESET_DIRTY_RINGS (Linux 5.11): before
+    /// issuing it, the v6 path asks KVM_CHECK_EXTENSION for
+    /// KVM_CAP_DIRTY_LOG_RING (192) and KVM_CAP_DIRTY_LOG_RING_ACQ_REL (223)
+    /// and refuses with EOPNOTSUPP if either is there — the v6 kernel (5.6)
+    /// has neither, so such a kernel is not v6 and would reset dirty rings.
+    func seedRawReset(_ fd: VMFD, _ d: SeedDialect) throws(SevError) {
+        switch d {
+        case .v6:
+            for cap in [KVMCap.dirtyLogRing, KVMCap.dirtyLogRingAcqRel] {
+                let n: Int32
+                do throws(Errno) { n = try fd.checkExtension(cap) } catch {
+                    throw kvmError(error, "KVM_CHECK_EXTENSION(\(cap.name)) before KVM_PAGE_ENC_BITMAP_RESET(seed v6)")
+                }
+                if n != 0 {
+                    throw SevError(EOPNOTSUPP, "KVM_PAGE_ENC_BITMAP_RESET(seed v6) refused: this kernel has \(cap.name) (\(n)), so 0xAEC7 is KVM_RESET_DIRTY_RINGS here, not the v6 reset")
+                }
+            }
             do throws(Errno) { _ = try fd.ioctl(SeedIoctl.v6Reset) } catch {
                 throw kvmError(error, "KVM_PAGE_ENC_BITMAP_RESET(seed v6)")
             }
-        } else {
+        case .v7to9:
             try seedRawSet(fd, d, 0, 0, nil)
         }
     }
 
-    func requireSeed(_ what: String) throws(SevError) -> (fd: VMFD, dialect: KVMDialect) {
+    /// The binding, which must be a seed dialect (EOPNOTSUPP for upstream).
+    func requireSeed(_ what: String) throws(SevError) -> (fd: VMFD, seed: SeedDialect) {
         let b = try require(what)
-        if b.dialect == .upstream {
+        guard let seed = b.dialect.seed else {
             throw SevError(EOPNOTSUPP, "\(what): the VM is bound with the upstream dialect, whose kernel keeps no page-encryption bitmap")
         }
-        return b
+        return (b.fd, seed)
     }
 
     // MARK: Steve Rutherford's API on either dialect
@@ -111,7 +136,7 @@ extension KVMBinding {
             try checkSeedRange(gfn, n)
             let need = (n &+ 7) >> 3
             if UInt64(dstLen) < need { throw SevError(ENOSPC, "buffer of \(dstLen) bytes too small for \(n) pages (need \(need))") }
-            try getChunked(b.fd, b.dialect, gfn, n, dst)
+            try getChunked(b.fd, b.seed, gfn, n, dst)
         }
     }
 
@@ -124,14 +149,14 @@ extension KVMBinding {
             let b = try requireSeed("kernel SET_PAGE_ENC_BITMAP")
             try checkSeedRange(gfn, n)
             let need = (n &+ 7) >> 3
-            if let src {
-                if UInt64(srcLen) < need { throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))") }
-                try writeExact(b.fd, b.dialect, tracker, [(gfn, n)]) { (dst, dstBit, g, count) throws(SevError) in
-                    copyBits(src, g &- gfn, dst, dstBit, count)
-                }
-            } else {
-                try writeExact(b.fd, b.dialect, tracker, [(gfn, n)]) { (dst, dstBit, _, count) throws(SevError) in
-                    fillBits(dst, dstBit, count, true)
+            if src != nil, UInt64(srcLen) < need {
+                throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))")
+            }
+            try writeExact(b.fd, b.seed, tracker, [(gfn, n)]) { (scratch, _, _) throws(SevError) in
+                if let src {
+                    _ = try scratch.setBitmap(gfn, n, src, Int(need))
+                } else {
+                    _ = try scratch.setRange(gfn, n, private: true)
                 }
             }
         }
@@ -142,8 +167,8 @@ extension KVMBinding {
     public func resetKernel() throws(SevError) {
         try locked { () throws(SevError) in
             let b = try require("reset the kernel bitmap")
-            if b.dialect == .upstream { return }
-            try seedRawReset(b.fd, b.dialect)
+            guard let seed = b.dialect.seed else { return }
+            try seedRawReset(b.fd, seed)
         }
     }
 
@@ -154,9 +179,10 @@ extension KVMBinding {
     /// itself has written is known (0 before the first set/push).
     public func kernelBitmapSize(_ tracker: Tracker) throws(SevError) -> UInt64 {
         try locked { () throws(SevError) -> UInt64 in
-            let b = try requireSeed("kernel bitmap size")
-            if b.dialect == .seedV6 { return v6Covered }
-            return layoutEnd(tracker.slotList)
+            switch try requireSeed("kernel bitmap size").seed {
+            case .v6: return v6Covered
+            case .v7to9: return layoutEnd(tracker.slotList)
+            }
         }
     }
 
@@ -169,7 +195,7 @@ extension KVMBinding {
     public func syncFromKernel(_ tracker: Tracker) throws(SevError) -> Bool {
         try locked { () throws(SevError) -> Bool in
             let b = try require("sync from the kernel")
-            if b.dialect == .upstream { return false }
+            guard let seed = b.dialect.seed else { return false }
             guard let buf = Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("sync buffer") }
             defer { Mem.free(buf) }
             var changed = false
@@ -177,7 +203,7 @@ extension KVMBinding {
                 var cs = start
                 while cs < end {
                     let len = min(seedChunkPages, end &- cs)
-                    try seedRawGet(b.fd, b.dialect, cs, len, buf)
+                    try seedRawGet(b.fd, seed, cs, len, buf)
                     if try tracker.setBitmap(cs, len, buf, Int((len &+ 7) >> 3)) { changed = true }
                     cs &+= len
                 }
@@ -192,11 +218,20 @@ extension KVMBinding {
     public func pushToKernel(_ tracker: Tracker) throws(SevError) {
         try locked { () throws(SevError) in
             let b = try require("push to the kernel")
-            if b.dialect == .upstream { return }
+            guard let seed = b.dialect.seed else { return }
             let ranges = stretches(tracker.slotList).map { ($0.0, $0.1 &- $0.0) }
             if ranges.isEmpty { return }
-            try writeExact(b.fd, b.dialect, tracker, ranges) { (dst, dstBit, g, count) throws(SevError) in
-                try copyFromTracker(tracker, g, count, dst, dstBit)
+            guard let tmp = Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("push buffer") }
+            defer { Mem.free(tmp) }
+            try writeExact(b.fd, seed, tracker, ranges) { (scratch, gfn, n) throws(SevError) in
+                // The tracker's bits into the scratch bitmap, a piece at a time
+                var off: UInt64 = 0
+                while off < n {
+                    let len = min(seedChunkPages, n &- off)
+                    try tracker.getBitmap(gfn &+ off, len, tmp, Int(seedChunkPages >> 3))
+                    _ = try scratch.setBitmap(gfn &+ off, len, tmp, Int(seedChunkPages >> 3))
+                    off &+= len
+                }
             }
         }
     }
@@ -211,7 +246,7 @@ extension KVMBinding {
         }
     }
 
-    func getChunked(_ fd: VMFD, _ d: KVMDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>) throws(SevError) {
+    func getChunked(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>) throws(SevError) {
         var off: UInt64 = 0
         while off < n {
             let len = min(seedChunkPages, n &- off)
@@ -220,63 +255,84 @@ extension KVMBinding {
         }
     }
 
-    /// Write exact bits for each range: `fill(dst, dstBit, gfn, count)` puts
-    /// the new state of [gfn, gfn + count) at bit dstBit of dst.
-    func writeExact(_ fd: VMFD, _ d: KVMDialect, _ tracker: Tracker, _ ranges: [(UInt64, UInt64)],
-                    _ fill: (UnsafeMutablePointer<UInt8>, UInt64, UInt64, UInt64) throws(SevError) -> Void) throws(SevError) {
-        if d == .seedV6 {
+    /// The new state of [gfn, gfn + n) written into `scratch`, a tracker
+    /// with one slot covering the range (so bits at any offset go through
+    /// the tracker's public setBitmap / setRange, never by hand).
+    typealias Fill = (_ scratch: Tracker, _ gfn: UInt64, _ n: UInt64) throws(SevError) -> Void
+
+    /// Write exact bits for each range.
+    func writeExact(_ fd: VMFD, _ d: SeedDialect, _ tracker: Tracker, _ ranges: [(UInt64, UInt64)],
+                    _ fill: Fill) throws(SevError) {
+        switch d {
+        case .v6:
             try writeV6(fd, tracker, ranges, fill)
-        } else {
-            for (gfn, n) in ranges { try writeV7(fd, d, gfn, n, fill) }
+        case .v7to9:
+            for (gfn, n) in ranges { try writeV7(fd, gfn, n, fill) }
         }
     }
 
-    /// v7-v9: widen to 64-aligned words; GET the edge words first so the
-    /// neighbours' bits go back unchanged.
-    func writeV7(_ fd: VMFD, _ d: KVMDialect, _ gfn: UInt64, _ n: UInt64,
-                 _ fill: (UnsafeMutablePointer<UInt8>, UInt64, UInt64, UInt64) throws(SevError) -> Void) throws(SevError) {
+    /// A tracker with one slot [base, base + pages), all private.
+    func scratchBitmap(_ base: UInt64, _ pages: UInt64) throws(SevError) -> Tracker {
+        let t = try Tracker.create()
+        try t.addSlot(base: base, pages: pages)
+        return t
+    }
+
+    /// v7-v9: widen to 64-aligned words; GET the edge pieces first so the
+    /// neighbours' bits go back unchanged; then SET piece by piece.
+    func writeV7(_ fd: VMFD, _ gfn: UInt64, _ n: UInt64, _ fill: Fill) throws(SevError) {
         let end = gfn &+ n
         let a = gfn & ~63
         let z = (end &+ 63) & ~63
-        guard let buf = Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("SET buffer") }
+        let bufBytes = Int(seedChunkPages >> 3)
+        guard let buf = Mem.calloc(bufBytes, UInt8.self) else { throw .noMemory("SET buffer") }
         defer { Mem.free(buf) }
+        let scratch = try scratchBitmap(a, z &- a)
         var cs = a
         while cs < z {
             let ce = min(cs &+ seedChunkPages, z)
-            let len = ce &- cs
-            if cs < gfn || ce > end { try seedRawGet(fd, d, cs, len, buf) }
-            let lo = max(cs, gfn), hi = min(ce, end)
-            try fill(buf, lo &- cs, lo, hi &- lo)
-            try seedRawSet(fd, d, cs, len, buf)
+            if cs < gfn || ce > end {
+                try seedRawGet(fd, .v7to9, cs, ce &- cs, buf)
+                _ = try scratch.setBitmap(cs, ce &- cs, buf, bufBytes)
+            }
+            cs = ce
+        }
+        try fill(scratch, gfn, n)
+        cs = a
+        while cs < z {
+            let ce = min(cs &+ seedChunkPages, z)
+            try scratch.getBitmap(cs, ce &- cs, buf, bufBytes)
+            try seedRawSet(fd, .v7to9, cs, ce &- cs, buf)
             cs = ce
         }
     }
 
     /// v6: compose [0, total) from a GET, overlay the new bits; RESET first if
     /// any bit must go 0 -> 1; then one SET from GFN 0 (which only clears).
-    func writeV6(_ fd: VMFD, _ tracker: Tracker, _ ranges: [(UInt64, UInt64)],
-                 _ fill: (UnsafeMutablePointer<UInt8>, UInt64, UInt64, UInt64) throws(SevError) -> Void) throws(SevError) {
+    func writeV6(_ fd: VMFD, _ tracker: Tracker, _ ranges: [(UInt64, UInt64)], _ fill: Fill) throws(SevError) {
         var total = max(layoutEnd(tracker.slotList), v6Covered)
         for (g, n) in ranges { total = max(total, g &+ n) }
-        let words = Int((total &+ 63) >> 6)
-        guard let old = Mem.calloc(words, UInt64.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
+        // The kernel copies ALIGN(total, 64) / 8 bytes: whole words
+        let bytes = Int((total &+ 63) >> 6) &* 8
+        guard let old = Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
         defer { Mem.free(old) }
-        guard let new = Mem.calloc(words, UInt64.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
+        guard let new = Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
         defer { Mem.free(new) }
-        let oldBytes = UnsafeMutableRawPointer(old).assumingMemoryBound(to: UInt8.self)
-        let newBytes = UnsafeMutableRawPointer(new).assumingMemoryBound(to: UInt8.self)
-        for i in 0..<words { old[i] = ~0 }
-        try getChunked(fd, .seedV6, 0, total, oldBytes)
-        for i in 0..<words { new[i] = old[i] }
-        for (g, n) in ranges { try fill(newBytes, g, g, n) }
+        old.update(repeating: 0xff, count: bytes)
+        try getChunked(fd, .v6, 0, total, old)
+        new.update(from: old, count: bytes)
+        let scratch = try scratchBitmap(0, total)
+        _ = try scratch.setBitmap(0, total, old, bytes)
+        for (g, n) in ranges { try fill(scratch, g, n) }
+        try scratch.getBitmap(0, total, new, bytes)
         var needReset = false, differs = false
-        for i in 0..<words {
+        for i in 0..<bytes {
             if new[i] & ~old[i] != 0 { needReset = true }
             if new[i] != old[i] { differs = true }
         }
         if !differs { return }
-        if needReset { try seedRawReset(fd, .seedV6) }
-        try seedRawSet(fd, .seedV6, 0, total, UnsafeMutableRawPointer(new))
+        if needReset { try seedRawReset(fd, .v6) }
+        try seedRawSet(fd, .v6, 0, total, UnsafeMutableRawPointer(new))
         v6Covered = max(v6Covered, total)
     }
 }
@@ -286,57 +342,4 @@ func layoutEnd(_ slots: [Tracker.Slot]) -> UInt64 {
     var e: UInt64 = 0
     for s in slots { e = max(e, s.base &+ s.pages) }
     return e
-}
-
-/// The tracker's bits for [gfn, gfn + count) at bit dstBit of dst (through
-/// Tracker.getBitmap, the same call sevpeb_get_bitmap makes).
-func copyFromTracker(_ tracker: Tracker, _ gfn: UInt64, _ count: UInt64,
-                     _ dst: UnsafeMutablePointer<UInt8>, _ dstBit: UInt64) throws(SevError) {
-    if dstBit & 7 == 0 {
-        try tracker.getBitmap(gfn, count, dst + Int(dstBit >> 3), Int((count &+ 7) >> 3))
-        return
-    }
-    let piece = seedChunkPages
-    guard let tmp = Mem.calloc(Int(piece >> 3), UInt8.self) else { throw .noMemory("bit copy buffer") }
-    defer { Mem.free(tmp) }
-    var off: UInt64 = 0
-    while off < count {
-        let len = min(piece, count &- off)
-        try tracker.getBitmap(gfn &+ off, len, tmp, Int(piece >> 3))
-        copyBits(tmp, 0, dst, dstBit &+ off, len)
-        off &+= len
-    }
-}
-
-/// Copy `count` bits (LSB-first bytes) from bit srcBit of src to bit dstBit
-/// of dst; other bits of dst are kept.
-func copyBits(_ src: UnsafePointer<UInt8>, _ srcBit: UInt64, _ dst: UnsafeMutablePointer<UInt8>,
-              _ dstBit: UInt64, _ count: UInt64) {
-    var i: UInt64 = 0
-    while i < count {
-        let s = srcBit &+ i, d = dstBit &+ i
-        let dOff = d & 7
-        let k = min(8 &- dOff, count &- i)
-        let sByte = Int(s >> 3), sOff = s & 7
-        var v = UInt16(src[sByte]) &>> UInt16(sOff)
-        if sOff &+ k > 8 { v |= UInt16(src[sByte &+ 1]) &<< UInt16(8 &- sOff) }
-        let m = UInt8(truncatingIfNeeded: (UInt16(1) &<< UInt16(k)) &- 1)
-        let dByte = Int(d >> 3)
-        dst[dByte] = (dst[dByte] & ~(m &<< UInt8(dOff))) | ((UInt8(truncatingIfNeeded: v) & m) &<< UInt8(dOff))
-        i &+= k
-    }
-}
-
-/// Set `count` bits from bit dstBit of dst to `value`.
-func fillBits(_ dst: UnsafeMutablePointer<UInt8>, _ dstBit: UInt64, _ count: UInt64, _ value: Bool) {
-    var i: UInt64 = 0
-    while i < count {
-        let d = dstBit &+ i
-        let dOff = d & 7
-        let k = min(8 &- dOff, count &- i)
-        let m = UInt8(truncatingIfNeeded: ((UInt16(1) &<< UInt16(k)) &- 1) &<< UInt16(dOff))
-        let dByte = Int(d >> 3)
-        dst[dByte] = value ? dst[dByte] | m : dst[dByte] & ~m
-        i &+= k
-    }
 }

@@ -43,7 +43,7 @@ extension KVMBinding {
     public func enableHypercallExit() throws(SevError) -> UInt64 {
         try locked { () throws(SevError) -> UInt64 in
             let b = try require("enable KVM_CAP_EXIT_HYPERCALL")
-            if b.dialect != .upstream {
+            if b.dialect.seed != nil {
                 throw SevError(EOPNOTSUPP, "KVM_CAP_EXIT_HYPERCALL is an upstream capability; VM is bound with the \(b.dialect.name) dialect, whose kernel handles the hypercall itself")
             }
             let mask: UInt64
@@ -79,7 +79,7 @@ extension KVMBinding {
     public func installMSRFilter(byVMM: Bool) throws(SevError) {
         try locked { () throws(SevError) in
             let b = try require("install the MSR_KVM_MIGRATION_CONTROL filter")
-            if b.dialect != .upstream {
+            if b.dialect.seed != nil {
                 throw SevError(EOPNOTSUPP, "MSR_KVM_MIGRATION_CONTROL is upstream ABI; VM is bound with the \(b.dialect.name) dialect")
             }
             if byVMM { insert(.msrFilterByVMM); return }
@@ -122,8 +122,8 @@ extension KVMBinding {
     /// Seed dialects: 0 (their kernels set their own bits; v9/v10 even used
     /// bit 16 for KVM_FEATURE_SEV_LIVE_MIGRATION, domain.md §2.7).
     public func cpuidFeatures() -> UInt32 {
-        guard let b = binding, b.dialect == .upstream else { return 0 }
-        let s = state
+        guard let b = snapshot, b.dialect.seed == nil else { return 0 }
+        let s = b.state
         var bits: UInt32 = 0
         if s.contains(.hypercallExit) {
             bits |= 1 << UpstreamKVM.featureHCMapGPARange
@@ -140,11 +140,11 @@ extension KVMBinding {
     /// Seed dialects: the kernel keeps the bitmap (and its own enable MSR),
     /// so only the tracker's check applies.
     public func migrationRefusal(_ tracker: Tracker) -> SevError? {
-        guard let b = binding else {
+        guard let b = snapshot else {
             return SevError(EBADF, "no VM fd bound (sevpeb_kvm_bind): the library cannot know the guest's shared pages")
         }
-        if b.dialect == .upstream {
-            let s = state
+        if b.dialect.seed == nil {
+            let s = b.state
             if !s.contains(.hypercallExit) {
                 return SevError(EAGAIN, "KVM_CAP_EXIT_HYPERCALL not enabled: the guest's KVM_HC_MAP_GPA_RANGE calls do not reach the tracker")
             }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# tests/qemu/run-kvm.sh - QEMU-level tests of the KVM path (-accel kvm):
+# upstream cap + MSR filter + migration, the seed dialects against the kernel
+# models of Tests/c/kvm_interposer.c, a seed dialect on a plain kernel.
+# Skips with a message where /dev/kvm is absent.
+#
+# Builds (or reuses) the patched QEMU with scripts/build-qemu.sh, then runs
+# tests/qemu/test_kvm.py against it. Extra arguments are test names.
+# Prints "N passed, N failed" last and exits non-zero on failure.
+#
+# Environment: as tests/qemu/run.sh (SEVPEB_CACHE, SEVPEB_QEMU_ENV).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${SEVPEB_CACHE:-/var/cache/sevpeb}
+
+if [ -z "${SEVPEB_QEMU_ENV:-}" ]; then
+    "$REPO/scripts/build-qemu.sh" >/dev/null
+    SEVPEB_QEMU_ENV=$CACHE/current.env
+fi
+exec /usr/bin/python3 "$HERE/test_kvm.py" --env "$SEVPEB_QEMU_ENV" "$@"
