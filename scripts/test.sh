@@ -32,6 +32,8 @@ step "benchmarks still run (quick mode; figures, not goals)" \
     bash bench/run.sh --quick
 step "QEMU-level tests (TCG): file/TCP migration, reset, hotplug, hostile streams, inspector" \
     bash tests/qemu/run.sh
+step "QMP client (qemu.qmp): self-test against a scripted server" \
+    "$PYVENV/bin/python" trials/selftest_qmp.py
 step "cross-host trials: quick subset (network namespaces)" \
     "$PYVENV/bin/python" trials/run.py --quick
 summary
