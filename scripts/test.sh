@@ -34,6 +34,8 @@ step "QEMU-level tests (TCG): file/TCP migration, reset, hotplug, hostile stream
     bash tests/qemu/run.sh
 step "QEMU-level tests (-accel kvm): upstream cap + MSR filter, seed v6/v8 kernel models, v6 -> v8 migration" \
     bash tests/qemu/run-kvm.sh
+step "QMP client (qemu.qmp): self-test against a scripted server" \
+    "$PYVENV/bin/python" trials/selftest_qmp.py
 step "cross-host trials: quick subset (network namespaces)" \
     "$PYVENV/bin/python" trials/run.py --quick
 summary

@@ -2,12 +2,19 @@ import SevPEB
 
 /// Draws a tracker's state as an SVG picture of guest physical memory:
 /// a to-scale overview strip of the GPA space, then one band per memslot
-/// (each at its own scale, holes between them labelled), private and shared
-/// in two colours, shared runs too narrow to see widened to `minRunPx` and
-/// marked with a triangle, and a list of the largest shared runs.
+/// (each at its own scale, holes between them labelled), and a list of the
+/// largest shared runs.
+///
+/// Every band is cut into one bucket per pixel column. A bucket is drawn
+/// private, with a shared bar rising from the bottom whose height is the
+/// fraction of the bucket's pages that are shared (the axis at the right of
+/// each band reads 0-100 %), so the shaded area of a band is its share of
+/// shared pages: a guest with 6.5 % of its pages shared shows 6.5 % of the
+/// band shaded, however scattered those pages are. Shared pages too few to
+/// see at that scale still show in the thin strip above the band, which
+/// marks every column holding at least one shared page.
 public struct MemoryMapSVG {
     public var width = 1200.0
-    public var minRunPx = 2.0
     public var maxSlotRows = 24
     public var maxListedRuns = 8
     public var title = "SEV guest memory: private / shared pages"
@@ -15,63 +22,78 @@ public struct MemoryMapSVG {
 
     static let privateColor = "#4c72b0"
     static let sharedColor = "#e8702a"
-    static let sparseColor = "#f6c39c"
     static let holeColor = "#9a9a9a"
     static let ink = "#222222"
 
     public init() {}
 
     let left = 190.0
-    var right: Double { width - 40 }
+    var right: Double { width - 48 }
     var barW: Double { right - left }
 
-    /// A horizontal stretch of a band holding shared pages.
-    struct Span {
-        var x0: Double, x1: Double
-        var runs: Int
-        /// GFNs from the first run's start to the last run's end.
-        var g0: UInt64, g1: UInt64
-        /// Wider than a widened single run and under half shared: drawn in
-        /// the "scattered" shade rather than solid shared.
-        var sparse = false
+    /// The pages of one bucket (pixel column) and how many of them are shared.
+    struct Bucket: Equatable {
+        var pages: UInt64
+        var shared: UInt64
+        var fraction: Double { pages == 0 ? 0 : Double(shared) / Double(pages) }
     }
 
-    /// Pixel spans of the shared pages of [base, base+pages) on a bar of `w`
-    /// pixels, narrow runs widened to minRunPx, overlapping spans merged.
-    /// Walks at most about one run per pixel column: once a column is
-    /// marked, it skips to the next.
-    func sharedSpans(_ t: Tracker, base: UInt64, pages: UInt64, w: Double) -> [Span] {
-        var spans: [Span] = []
-        var from = base
-        let end = base + pages
-        let scale = w / Double(pages)
-        while from < end, let r = t.nextSharedRun(from: from), r.gfn < end {
-            let a = r.gfn, e = min(r.gfn + r.pages, end)
-            var x0 = Double(a - base) * scale, x1 = Double(e - base) * scale
-            if x1 - x0 < minRunPx {
-                let mid = (x0 + x1) / 2
-                x1 = min(w, max(0, mid - minRunPx / 2) + minRunPx); x0 = x1 - minRunPx
-            }
-            if let last = spans.last, x0 <= last.x1 {
-                spans[spans.count - 1].x1 = max(last.x1, x1)
-                spans[spans.count - 1].runs += 1
-                spans[spans.count - 1].g1 = e
-            } else {
-                // A run found after a skip may have started earlier in the
-                // skipped pixel column: start the span at that column.
-                let colStart = base + UInt64(max(0, x0.rounded(.down) / scale))
-                spans.append(Span(x0: x0, x1: x1, runs: 1, g0: min(a, max(colStart, spans.last?.g1 ?? base)), g1: e))
-            }
-            // Next pixel column after this run's end.
-            let col = (Double(e - base) * scale).rounded(.up)
-            let nextByPixel = base + UInt64(min(Double(pages), col / scale))
-            from = max(e, nextByPixel)
+    /// [base, base+pages) cut into `count` (at most `pages`) buckets of
+    /// (nearly) equal page counts, each with its shared-page count.
+    func buckets(_ t: Tracker, base: UInt64, pages: UInt64, count: Int) -> [Bucket] {
+        let n = UInt64(max(1, min(UInt64(max(count, 1)), pages)))
+        let q = pages / n, r = pages % n
+        // Start of bucket i: i*pages/n without overflowing.
+        func start(_ i: UInt64) -> UInt64 { base + q * i + (r * i) / n }
+        var out: [Bucket] = []
+        out.reserveCapacity(Int(n))
+        for i in 0..<n {
+            let g0 = start(i), g1 = start(i + 1)
+            let shared = (try? t.countShared(g0, g1 - g0)) ?? 0
+            out.append(Bucket(pages: g1 - g0, shared: shared))
         }
-        for i in spans.indices where spans[i].runs > 1 && spans[i].x1 - spans[i].x0 > 2 * minRunPx {
-            let g0 = spans[i].g0, g1 = spans[i].g1
-            if let n = try? t.countShared(g0, g1 - g0) { spans[i].sparse = n * 2 < g1 - g0 }
+        return out
+    }
+
+    /// SVG elements of one band at (x, y), w x h pixels: private ground,
+    /// shared bars by fraction (consecutive equal bars merged), the
+    /// presence strip above it, and optionally the 0-100 % axis at its right.
+    func band(_ t: Tracker, base: UInt64, pages: UInt64, x: Double, y: Double, w: Double, h: Double,
+              axis: Bool) -> [String] {
+        var s: [String] = []
+        s.append("<rect class=\"band\" x=\"\(f(x))\" y=\"\(f(y))\" width=\"\(f(w))\" height=\"\(f(h))\" fill=\"\(MemoryMapSVG.privateColor)\"/>")
+        let bs = buckets(t, base: base, pages: pages, count: Int(w.rounded(.up)))
+        let bw = w / Double(bs.count)
+        // Shared bars, heights to 0.1 px (what the SVG numbers carry).
+        var i = 0
+        while i < bs.count {
+            let hpx = (bs[i].fraction * h * 10).rounded() / 10
+            var j = i + 1
+            while j < bs.count && (bs[j].fraction * h * 10).rounded() / 10 == hpx { j += 1 }
+            if hpx > 0 {
+                s.append("<rect class=\"shared\" x=\"\(f(x + Double(i) * bw))\" y=\"\(f(y + h - hpx))\" width=\"\(f(Double(j - i) * bw))\" height=\"\(f(hpx))\" fill=\"\(MemoryMapSVG.sharedColor)\"/>")
+            }
+            i = j
         }
-        return spans
+        // Presence strip: columns with at least one shared page.
+        i = 0
+        while i < bs.count {
+            if bs[i].shared == 0 { i += 1; continue }
+            var j = i + 1
+            while j < bs.count && bs[j].shared > 0 { j += 1 }
+            s.append("<rect class=\"presence\" x=\"\(f(x + Double(i) * bw))\" y=\"\(f(y - 5))\" width=\"\(f(max(Double(j - i) * bw, 1)))\" height=\"3\" fill=\"\(MemoryMapSVG.sharedColor)\"/>")
+            i = j
+        }
+        s.append("<rect x=\"\(f(x))\" y=\"\(f(y))\" width=\"\(f(w))\" height=\"\(f(h))\" fill=\"none\" stroke=\"#333333\" stroke-width=\"1\"/>")
+        if axis {
+            let ax = x + w
+            for (v, label) in [(0.0, "0 %"), (0.5, "50 %"), (1.0, "100 %")] {
+                let ty = y + h - v * h
+                s.append("<line x1=\"\(f(ax))\" y1=\"\(f(ty))\" x2=\"\(f(ax + 4))\" y2=\"\(f(ty))\" stroke=\"#666\"/>")
+                s.append("<text x=\"\(f(ax + 6))\" y=\"\(f(ty + 3.5))\" font-size=\"9\" text-anchor=\"start\" font-weight=\"normal\" font-style=\"normal\" fill=\"#444\">\(label)</text>")
+            }
+        }
+        return s
     }
 
     public func render(_ t: Tracker) -> String {
@@ -87,23 +109,25 @@ public struct MemoryMapSVG {
         func rect(_ x: Double, _ y: Double, _ w: Double, _ h: Double, _ fill: String, stroke: String? = nil, extra: String = "") {
             s.append("<rect x=\"\(f(x))\" y=\"\(f(y))\" width=\"\(f(max(w, 0)))\" height=\"\(f(h))\" fill=\"\(fill)\"" + (stroke.map { " stroke=\"\($0)\" stroke-width=\"1\"" } ?? "") + extra + "/>")
         }
+        func percent(_ part: UInt64, _ whole: UInt64) -> String {
+            formatPercent(whole == 0 ? 0 : Double(part) / Double(whole) * 100)
+        }
 
         // Title.
         y = 34
         text(20, y, title, size: 20, weight: "bold")
         y += 22
-        let pct = sum.pages == 0 ? 0 : Double(sum.shared) / Double(sum.pages) * 100
-        text(20, y, subtitle ?? "digest \(hex(sum.digest))  ·  \(slots.count) memslot\(slots.count == 1 ? "" : "s"), \(humanPages(sum.pages)) of RAM  ·  shared: \(humanPages(sum.shared)) (\(formatPercent(pct))) in \(totalRuns) run\(totalRuns == 1 ? "" : "s")", size: 14)
+        text(20, y, subtitle ?? "digest \(hex(sum.digest))  ·  \(slots.count) memslot\(slots.count == 1 ? "" : "s"), \(humanPages(sum.pages)) of RAM  ·  shared: \(humanPages(sum.shared)) (\(percent(sum.shared, sum.pages))) in \(totalRuns) run\(totalRuns == 1 ? "" : "s")", size: 14)
         // Legend.
         y += 26
         rect(20, y - 12, 16, 16, MemoryMapSVG.privateColor)
         text(42, y + 1, "private (encrypted, the default)")
-        rect(280, y - 12, 16, 16, MemoryMapSVG.sharedColor)
-        text(302, y + 1, "shared (unencrypted)")
-        rect(480, y - 12, 16, 16, MemoryMapSVG.sparseColor)
-        text(502, y + 1, "scattered small shared runs (under half the pages)")
-        s.append(marker(884, y - 10))
-        text(896, y + 1, "run under \(f(minRunPx)) px, drawn \(f(minRunPx)) px wide")
+        rect(270, y - 12, 16, 16, MemoryMapSVG.privateColor)
+        rect(270, y - 4, 16, 8, MemoryMapSVG.sharedColor)
+        text(292, y + 1, "shared (unencrypted): bar height = share of the pixel's pages that are shared (axis 0-100 %)")
+        y += 22
+        rect(20, y - 8, 16, 3, MemoryMapSVG.sharedColor)
+        text(42, y + 1, "strip above a band: at least one shared page in that pixel column (also where too few to see)", size: 12, fill: "#444")
         y += 30
 
         if slots.isEmpty {
@@ -121,12 +145,9 @@ public struct MemoryMapSVG {
         for sl in slots {
             let x0 = left + Double(sl.base) * os
             let w = max(Double(sl.pages) * os, 3)
-            rect(x0, oy, w, 24, MemoryMapSVG.privateColor)
-            for sp in sharedSpans(t, base: sl.base, pages: sl.pages, w: w) {
-                rect(x0 + sp.x0, oy, sp.x1 - sp.x0, 24, sp.sparse ? MemoryMapSVG.sparseColor : MemoryMapSVG.sharedColor)
-            }
+            s += band(t, base: sl.base, pages: sl.pages, x: x0, y: oy, w: w, h: 24, axis: false)
         }
-        // Holes in the overview: hatched labels.
+        // Holes in the overview: labels.
         var prevEnd: UInt64 = 0
         for sl in slots {
             if sl.base > prevEnd {
@@ -154,17 +175,9 @@ public struct MemoryMapSVG {
             prevEnd = sl.base + sl.pages
             let shared = (try? t.countShared(sl.base, sl.pages)) ?? 0
             text(20, y + 13, "memslot \(i)", size: 14, weight: "bold")
-            text(20, y + 29, "\(humanPages(sl.pages)), \(humanPages(shared)) shared", size: 11, fill: "#555")
-            rect(left, y, barW, bandH, MemoryMapSVG.privateColor)
-            for sp in sharedSpans(t, base: sl.base, pages: sl.pages, w: barW) {
-                rect(left + sp.x0, y, sp.x1 - sp.x0, bandH, sp.sparse ? MemoryMapSVG.sparseColor : MemoryMapSVG.sharedColor)
-                if sp.x1 - sp.x0 <= minRunPx * 2 { s.append(marker(left + (sp.x0 + sp.x1) / 2, y - 9)) }
-                // Label wide solid spans with the shared pages in them.
-                if !sp.sparse && sp.x1 - sp.x0 > 90, let n = try? t.countShared(sp.g0, sp.g1 - sp.g0) {
-                    text(left + (sp.x0 + sp.x1) / 2, y + 20, "shared \(humanPages(n))", size: 12, anchor: "middle", weight: "bold", fill: "#ffffff")
-                }
-            }
-            rect(left, y, barW, bandH, "none", stroke: "#333333")
+            text(20, y + 28, "\(humanPages(sl.pages)), \(humanPages(shared)) shared", size: 11, fill: "#555")
+            text(20, y + 42, "(\(percent(shared, sl.pages)) of its pages)", size: 11, fill: "#555")
+            s += band(t, base: sl.base, pages: sl.pages, x: left, y: y, w: barW, h: bandH, axis: true)
             for (gpa, label) in ticks(start: sl.base << 12, end: (sl.base + sl.pages) << 12, count: 5) {
                 let x = left + Double((gpa >> 12) - sl.base) / Double(sl.pages) * barW
                 s.append("<line x1=\"\(f(x))\" y1=\"\(f(y + bandH))\" x2=\"\(f(x))\" y2=\"\(f(y + bandH + 5))\" stroke=\"#666\"/>")
@@ -189,10 +202,6 @@ public struct MemoryMapSVG {
             }
         }
         return wrap(s, height: y + 16)
-    }
-
-    func marker(_ x: Double, _ y: Double) -> String {
-        "<path d=\"M \(f(x - 4)) \(f(y)) L \(f(x + 4)) \(f(y)) L \(f(x)) \(f(y + 7)) Z\" fill=\"\(MemoryMapSVG.sharedColor)\"/>"
     }
 
     func wrap(_ body: [String], height: Double) -> String {

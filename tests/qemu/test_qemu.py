@@ -355,8 +355,15 @@ def test_hotplug_then_migrate(E):
     check(a["shared-pages"] == before["shared-pages"] + 101, a)
 
 
-def expect_failed_migration(E, src, dst, uri, named):
-    """Run a migration that must fail on the destination with a named error."""
+def last_error_line(log):
+    """The last line QEMU printed: what an operator reads first."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def expect_failed_migration(E, src, dst, uri, named, last_named=None):
+    """Run a migration that must fail on the destination with a named error;
+    with last_named, the destination's last line must name it too."""
     before = query(src.qmp)
     src.qmp.cmd("migrate", uri=uri)
     info = wait_migration(src.qmp)
@@ -364,6 +371,11 @@ def expect_failed_migration(E, src, dst, uri, named):
     log = dst.output()
     check(rc not in (None, 0), f"destination did not fail (rc={rc})")
     check(named in log, f"destination log lacks {named!r}:\n{log[-1500:]}")
+    if last_named:
+        last = last_error_line(log)
+        check(last_named in last, f"destination's last line does not name the problem "
+                                  f"({last_named!r}): {last!r}")
+        print(f"    last line: {last}")
     check(info["status"] in ("failed", "cancelled"), f"source saw {info['status']}")
     st = wait_status(src.qmp, ("running",), timeout=15)
     after = query(src.qmp)
@@ -399,7 +411,7 @@ def test_truncated_stream(E):
     dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
     relay = Relay(port, "truncate", 40)
     expect_failed_migration(E, src, dst, f"tcp:127.0.0.1:{relay.port}",
-                            "sev-page-enc-bitmap: load:")
+                            "sev-page-enc-bitmap: load:", last_named="sev-page-enc-bitmap: load:")
     check(relay.hit is not None, f"relay never saw the section ({relay.error})")
 
 
@@ -410,7 +422,7 @@ def test_flipped_byte(E):
     dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
     relay = Relay(port, "flip", 60)
     expect_failed_migration(E, src, dst, f"tcp:127.0.0.1:{relay.port}",
-                            "sev-page-enc-bitmap: load:")
+                            "sev-page-enc-bitmap: load:", last_named="sev-page-enc-bitmap: load:")
     check(relay.hit is not None, f"relay never saw the section ({relay.error})")
 
 
@@ -432,6 +444,9 @@ def test_truncated_file(E):
     rc = dst.wait_exit(30)
     log = dst.output()
     check(rc not in (None, 0) and "sev-page-enc-bitmap: load:" in log, f"rc={rc} log={log[-800:]}")
+    last = last_error_line(log)
+    check("sev-page-enc-bitmap: load:" in last, f"last line does not name the problem: {last!r}")
+    print(f"    last line: {last}")
 
 
 def test_require_ready(E):

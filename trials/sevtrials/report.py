@@ -1,4 +1,5 @@
 """Markdown report and PNG pictures."""
+import bisect
 import json
 import os
 import statistics
@@ -216,6 +217,31 @@ def _gpa_label(a):
     return f"{a >> 10} KiB"
 
 
+def _shared_fractions(base, npages, nb, ranges):
+    """[base, base+npages) in nb buckets: (start, end, shared fraction) offsets
+    relative to base, equal neighbours merged, all-private buckets left out."""
+    edges = [npages * i // nb for i in range(nb + 1)]
+    shared = [0] * nb
+    for rg in ranges:
+        a, b = max(rg["gfn"], base) - base, min(rg["gfn"] + rg["npages"], base + npages) - base
+        if a >= b:
+            continue
+        i = bisect.bisect_right(edges, a) - 1
+        while i < nb and edges[i] < b:
+            shared[i] += min(b, edges[i + 1]) - max(a, edges[i])
+            i += 1
+    out = []
+    for i in range(nb):
+        f = shared[i] / (edges[i + 1] - edges[i])
+        if f == 0:
+            continue
+        if out and out[-1][1] == edges[i] and abs(out[-1][2] - f) < 1e-3:
+            out[-1] = (out[-1][0], edges[i + 1], out[-1][2])
+        else:
+            out.append((edges[i], edges[i + 1], f))
+    return out
+
+
 def pictures(results, outdir):
     try:
         import matplotlib
@@ -316,23 +342,20 @@ def pictures(results, outdir):
             pos[(b, n)] = x
             x += n + gap
 
-        def xof(g):
-            for (b, n), p in pos.items():
-                if b <= g <= b + n:
-                    return p + (g - b)
-            return None
         for row, (label, q) in enumerate(maps):
             y = len(maps) - 1 - row
             for s in q["slots"]:
                 p = pos[(s["base-gfn"], s["npages"])]
                 ax.broken_barh([(p, s["npages"])], (y - 0.35, 0.7), color="#3b4cc0")
-            segs = []
-            for rg in q["shared-ranges"]:
-                a, b = xof(rg["gfn"]), xof(rg["gfn"] + rg["npages"])
-                if a is not None and b is not None:
-                    segs.append((a, max(b - a, gap / 40)))   # single pages stay visible
-            ax.broken_barh(segs, (y - 0.35, 0.7), color="#f4a582")
-            ax.text(x, y, f" {q['shared-pages']} shared\n of {q['total-pages']} pages\n {len(q['shared-ranges'])} ranges",
+                # Shared pages to scale: one bucket per ~pixel column, a bar from the
+                # bottom as tall as the bucket's fraction of shared pages (so a guest
+                # with 6.5 % of its pages shared shows 6.5 % of its band shaded).
+                nb = max(1, min(s["npages"], int(900 * s["npages"] / x)))
+                for b0, b1, frac in _shared_fractions(s["base-gfn"], s["npages"], nb, q["shared-ranges"]):
+                    ax.broken_barh([(p + b0, b1 - b0)], (y - 0.35, 0.7 * frac), color="#f4a582")
+            pct = 100 * q["shared-pages"] / max(1, q["total-pages"])
+            ax.text(x, y, f" {q['shared-pages']} shared ({pct:.1f} %)\n of {q['total-pages']} pages\n"
+                    f" {len(q['shared-ranges'])} ranges",
                     va="center", fontsize=7)
         ax.set_yticks(range(len(maps)))
         ax.set_yticklabels([m[0] for m in reversed(maps)], fontsize=8)
@@ -353,7 +376,9 @@ def pictures(results, outdir):
         ax.set_xlim(0, x * 1.22)
         ax.set_xlabel("guest physical address (slots side by side; holes between slots not to scale)", fontsize=9)
         ax.legend(handles=[Patch(color="#3b4cc0", label="private (encrypted)"),
-                           Patch(color="#f4a582", label="shared")], fontsize=8, loc="upper center",
+                           Patch(color="#f4a582", label="shared: bar height = fraction of the pages "
+                                                       "under it that are shared (0-100 %)")],
+                  fontsize=8, loc="upper center",
                   bbox_to_anchor=(0.5, -0.2 - 0.35 / len(maps)), ncol=2)
         ax.set_title("Guest memory map (page-encryption bitmap) before and after migration")
         fig.tight_layout()
