@@ -2,7 +2,7 @@
 /*
  * sevpeb trial guest agent: behaves like a Linux SEV guest and its firmware
  * towards KVM_HC_MAP_GPA_RANGE / MSR_KVM_MIGRATION_CONTROL (emulated by the
- * patched QEMU under TCG, qemu-patches 0009), and keeps its own record of
+ * patched QEMU under TCG, qemu-patches 0014), and keeps its own record of
  * every page it declared shared, the ground truth the harness compares with
  * the host's tracker.
  *
