@@ -233,7 +233,9 @@ def report(d, outpath):
             m3(f.get("ratio")) + "x", f.get("goal", "report"), f.get("met", "-"))
 
     for fid, g in [("storm", "range set/clear <= 1.0x QEMU (hypercall-sized)"),
+                   ("storm_atomic", "boot storm <= 1.0x QEMU's thread-safe bitmap_set_atomic/clear_atomic"),
                    ("single", "range set/clear <= 1.0x QEMU (1 page)"),
+                   ("single_atomic", "single page <= 1.0x QEMU's bitmap_set_atomic/clear_bit_atomic"),
                    ("single_worst", "range set/clear <= 1.0x QEMU (1 page, worst-case state)"),
                    ("large_1g", "range set/clear <= 1.0x QEMU (1 GiB)"),
                    ("large_slot", "range set/clear <= 1.0x QEMU (1 TiB slot)"),
@@ -241,6 +243,8 @@ def report(d, outpath):
                    ("count_worst", "count <= 1.0x QEMU (worst)"),
                    ("find_typ", "find next <= 1.0x QEMU (typical)"),
                    ("find_worst", "find next <= 1.0x QEMU (worst)"),
+                   ("find_batch_typ", "sevpeb_shared_runs (batch) <= 1.0x QEMU find next (typical)"),
+                   ("find_batch_worst", "sevpeb_shared_runs (batch) <= 1.0x QEMU find next (worst)"),
                    ("copy_typ", "copy-out <= 1.0x QEMU (1 TiB slot, typical)"),
                    ("copy_worst", "copy-out <= 1.0x QEMU (1 TiB slot, worst)"),
                    ("copy_win_typ", "copy-out <= 1.0x QEMU (128 MiB windows, unaligned, typical)"),
@@ -288,6 +292,14 @@ def report(d, outpath):
             f"({f['updates_per_s_alone'] / 1e6:.2f} M/s without); encode " + m3(f["encode_busy"]) + " ms",
             "encode alone " + m3(f["encode_alone"]) + " ms", f"encoder slowdown {f['encoder_slowdown']:.1f}x",
             "report", "reported")
+    f = F.get("scaling")
+    if f:
+        ths = [n for n in (1, 2, 4, 8) if f"sevpeb_{n}" in f]
+        row("1/2/4/8 threads, pages of different chunks: updates/s grow with threads", "scaling",
+            ", ".join(f"{n}: {f[f'sevpeb_{n}'] / 1e6:.1f} M/s" for n in ths),
+            "QEMU atomic: " + ", ".join(f"{n}: {f[f'peer_{n}'] / 1e6:.1f} M/s" for n in ths),
+            f"{f['sevpeb_8'] / f['sevpeb_1']:.2f}x (8 vs 1 thread) on {f['cores']:.0f} cores" if ths == [1, 2, 4, 8] else "-",
+            "report", "reported")
     for fid, g in [("decode_worst", "decode + apply >= encode speed (worst case)"),
                    ("decode_typ", "decode + apply >= encode speed (typical)")]:
         ratio_row(g, fid)
@@ -319,8 +331,10 @@ def report(d, outpath):
             peer_key = "memcpy" if op == "encode" else "peer"
             peer = who.get(peer_key)
             extra = ""
-            if op == "single" and "peer_atomic" in who:
-                extra = f" (vs bitmap_set_atomic: {sev / who['peer_atomic']:.2f}x)"
+            if op in ("single", "storm") and "peer_atomic" in who:
+                extra = f" (vs the atomic peer: {sev / who['peer_atomic']:.2f}x)"
+            if op == "find" and "sevpeb_batch" in who:
+                extra = f" (sevpeb_shared_runs: {who['sevpeb_batch']:,} instructions, {who['sevpeb_batch'] / peer:.2f}x)"
             if op == "encode" and "amd_v1" in who:
                 extra = f" (vs AMD v1 encoder: {sev / who['amd_v1']:.2f}x)"
             if op == "decode" and "encode" in cg["ops"]:
