@@ -35,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <valgrind/callgrind.h>
+#define XXH_INLINE_ALL          /* the payload checksum alone, old (XXH64) and new (XXH3), as the library builds it */
+#include <xxhash.h>
 
 #include <sevpeb.h>
 #include "qemu_peer.h"
@@ -633,6 +635,24 @@ static void op_s_copy_win(void *c_)
         CK(sevpeb_get_bitmap(c->t, c->gfn + (uint64_t)i * 977, c->n, c->dst, c->dst_len));
 }
 
+/* the checksum alone over the raw bitmap of the slots: format v1's XXH64, v2's XXH3-64 */
+static void op_xxh64_raw(void *c_)
+{
+    ctx *c = c_;
+    uint64_t h = 0;
+    for (int s = 0; s < 2; s++)
+        h ^= XXH64(c->m + c->L->base[s] / 64, ((c->L->pages[s] + 63) / 64) * 8, 0);
+    c->sink = h;
+}
+static void op_xxh3_raw(void *c_)
+{
+    ctx *c = c_;
+    uint64_t h = 0;
+    for (int s = 0; s < 2; s++)
+        h ^= XXH3_64bits(c->m + c->L->base[s] / 64, ((c->L->pages[s] + 63) / 64) * 8);
+    c->sink = h;
+}
+
 /* full-state encode */
 static void op_memcpy_raw(void *c_)
 {
@@ -862,6 +882,8 @@ static int ic_mode(void)
     IC("memcpy:encode", op_memcpy_raw(&c));
     IC("amd_v1:encode", op_amd_v1(&c));
     IC("sevpeb:encode", op_s_encode(&c));
+    IC("xxh64:encode", op_xxh64_raw(&c));
+    IC("xxh3:encode", op_xxh3_raw(&c));
     c.w->len = 0;
     CK(sevpeb_save_setup(t, wbuf_write, c.w));
     sevpeb_save_cleanup(t);
@@ -1104,6 +1126,10 @@ int main(int argc, char **argv)
     mmm enc = paired("encode_worst", "encode", "full-state encode, worst case (START payload vs memcpy of the raw bitmap)",
                      "memcpy raw bitmap", op_memcpy_raw, &c, op_s_encode, &c, R, 1, "ms", "<= 1.5x memcpy", 1.5);
     (void)enc;
+    paired("hash_xxh64_worst", "encode", "the checksum alone: XXH64 (format v1) over the 1 TiB raw bitmap vs memcpy of it",
+           "memcpy raw bitmap", op_memcpy_raw, &c, op_xxh64_raw, &c, R, 1, "ms", NULL, 0);
+    paired("hash_xxh3_worst", "encode", "the checksum alone: XXH3-64 (format v2) over the 1 TiB raw bitmap vs memcpy of it",
+           "memcpy raw bitmap", op_memcpy_raw, &c, op_xxh3_raw, &c, R, 1, "ms", NULL, 0);
     paired("encode_worst_amd", "encode", "full-state encode, worst case (sevpeb vs AMD v1 bitmap encoder)",
            "AMD v1 encoder", op_amd_v1, &c, op_s_encode, &c, R, 1, "ms", NULL, 0);
     {
