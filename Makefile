@@ -13,7 +13,7 @@ OUT := out
 EMB := .build-embedded
 SWIFT ?= swift
 CC ?= gcc
-SOURCES := $(shell find Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEB include -type f) Package.swift
+SOURCES := $(shell find Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash Sources/CSevPEB include -type f) Package.swift
 
 all: $(OUT)/libsevpeb.a $(OUT)/sevpeb.pc
 

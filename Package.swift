@@ -24,7 +24,9 @@ var products: [Product] = [
 var targets: [Target] = [
     .target(name: "CSevPEB"),        // include/sevpeb.h (symlinked): the public C ABI
     .target(name: "CSevPEBShims"),   // static inline libc wrappers (ioctl, errno, mutex)
-    .target(name: "SevPEB", dependencies: ["CSevPEB", "CSevPEBShims"], swiftSettings: coreSettings),
+    // XXH3 from Debian's libxxhash-dev, compiled inline (XXH_INLINE_ALL): optimised even in debug builds.
+    .target(name: "CSevPEBHash", cSettings: [.unsafeFlags(["-O2"])]),
+    .target(name: "SevPEB", dependencies: ["CSevPEB", "CSevPEBShims", "CSevPEBHash"], swiftSettings: coreSettings),
 ]
 var dependencies: [Package.Dependency] = []
 if !embedded {

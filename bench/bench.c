@@ -35,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <valgrind/callgrind.h>
+#define XXH_INLINE_ALL          /* the payload checksum alone, old (XXH64) and new (XXH3), as the library builds it */
+#include <xxhash.h>
 
 #include <sevpeb.h>
 #include "qemu_peer.h"
@@ -306,6 +308,17 @@ static void apply_q(unsigned long *m, const psc_list *l)
     }
 }
 
+/* The same with QEMU's thread-safe bitmap_set_atomic / bitmap_clear_atomic
+ * (clear_bit_atomic for one page): the peer for a bitmap that vCPU threads
+ * update without a lock, as sevpeb's callers do. */
+static void apply_qa(unsigned long *m, const psc_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        if (l->v[i].shared) peer_clear_atomic(m, (long)l->v[i].gfn, (long)l->v[i].n);
+        else peer_set_atomic(m, (long)l->v[i].gfn, (long)l->v[i].n);
+    }
+}
+
 /* Worst case: random bits in every slot (every chunk mixed). */
 static void apply_random(sevpeb_tracker *t, unsigned long *m, const layout *L, uint64_t seed)
 {
@@ -531,6 +544,7 @@ static void op_s_route(void *c_)
 }
 
 static void op_q_storm(void *c_) { ctx *c = c_; apply_q(c->m, c->ops); }
+static void op_qa_storm(void *c_) { ctx *c = c_; apply_qa(c->m, c->ops); }
 static void op_s_storm(void *c_) { ctx *c = c_; apply_sev(c->t, c->ops); }
 
 /* single page toggles at gfn (in a mixed chunk): iters pairs */
@@ -546,7 +560,7 @@ static void op_qa_single(void *c_)
 {
     ctx *c = c_;
     for (int64_t i = 0; i < c->iters; i++) {
-        peer_clear(c->m, (long)c->gfn, 1);
+        peer_clear_atomic(c->m, (long)c->gfn, 1);
         peer_set_atomic(c->m, (long)c->gfn, 1);
     }
 }
@@ -606,6 +620,22 @@ static void op_s_find(void *c_)
     while (sevpeb_next_shared_run(c->t, from, &g, &n) == 1) { runs++; from = g + n; }
     c->sink = runs;
 }
+/* the same with sevpeb_shared_runs, 4096 runs per call */
+#define RUNS_BATCH 4096
+static void op_s_find_batch(void *c_)
+{
+    ctx *c = c_;
+    static sevpeb_run rb[RUNS_BATCH];
+    uint64_t from = 0, runs = 0;
+    for (;;) {
+        int64_t n = sevpeb_shared_runs(c->t, from, rb, RUNS_BATCH);
+        if (n < 0) die("shared_runs", n);
+        runs += (uint64_t)n;
+        if (n < RUNS_BATCH) break;
+        from = rb[n - 1].gfn + rb[n - 1].npages;
+    }
+    c->sink = runs;
+}
 
 /* copy out slot 1 (the big one) as a bitmap */
 static void op_q_copy(void *c_)
@@ -630,6 +660,24 @@ static void op_s_copy_win(void *c_)
     ctx *c = c_;
     for (int64_t i = 0; i < c->iters; i++)
         CK(sevpeb_get_bitmap(c->t, c->gfn + (uint64_t)i * 977, c->n, c->dst, c->dst_len));
+}
+
+/* the checksum alone over the raw bitmap of the slots: format v1's XXH64, v2's XXH3-64 */
+static void op_xxh64_raw(void *c_)
+{
+    ctx *c = c_;
+    uint64_t h = 0;
+    for (int s = 0; s < 2; s++)
+        h ^= XXH64(c->m + c->L->base[s] / 64, ((c->L->pages[s] + 63) / 64) * 8, 0);
+    c->sink = h;
+}
+static void op_xxh3_raw(void *c_)
+{
+    ctx *c = c_;
+    uint64_t h = 0;
+    for (int s = 0; s < 2; s++)
+        h ^= XXH3_64bits(c->m + c->L->base[s] / 64, ((c->L->pages[s] + 63) / 64) * 8);
+    c->sink = h;
 }
 
 /* full-state encode */
@@ -762,6 +810,58 @@ static void run_updaters(sevpeb_tracker *t, const layout *L, int nthreads, doubl
     if (enc_ms) *enc_ms = summarize(enc, ne);
 }
 
+/* scaling: n threads, each toggling single pages of its own 64 MiB chunk   */
+
+typedef struct {
+    sevpeb_tracker *t;       /* NULL: the QEMU atomic peer on m */
+    unsigned long *m;
+    uint64_t base;           /* first GFN of this thread's chunk */
+    atomic_int *stop;
+    uint64_t count;
+} scale_arg;
+
+static void *scale_thread(void *a_)
+{
+    scale_arg *a = a_;
+    uint64_t n = 0, x = a->base | 1;
+    while (!atomic_load_explicit(a->stop, memory_order_relaxed)) {
+        for (int k = 0; k < 64; k++) {
+            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+            uint64_t gfn = a->base + 1 + (x % 16000);   /* page 0 of the chunk stays shared: mixed */
+            if (a->t) {
+                sevpeb_map_gpa_range(a->t, gfn << 12, 1, (k & 1) ? SEVPEB_MAP_GPA_RANGE_ENCRYPTED : 0);
+            } else if (k & 1) {
+                peer_set_atomic(a->m, (long)gfn, 1);
+            } else {
+                peer_clear_atomic(a->m, (long)gfn, 1);
+            }
+        }
+        n += 64;
+    }
+    a->count = n;
+    return NULL;
+}
+
+/* updates/s of n threads on chunks 16 apart in slot 1 (sevpeb if t, else the peer) */
+static double run_scaling(sevpeb_tracker *t, unsigned long *m, const layout *L, int n, double seconds)
+{
+    pthread_t th[16];
+    scale_arg args[16];
+    atomic_int stop = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t base = L->base[1] + (uint64_t)(16 * i + 3) * 16384;
+        if (t) sevpeb_map_gpa_range(t, base << 12, 1, 0);
+        args[i] = (scale_arg){t, m, base, &stop, 0};
+    }
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, scale_thread, &args[i]);
+    while (now_ns() - t0 < (uint64_t)(seconds * 1e9)) usleep(1000);
+    atomic_store(&stop, 1);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) { pthread_join(th[i], NULL); total += args[i].count; }
+    return (double)total / ((double)(now_ns() - t0) / 1e9);
+}
+
 /* ------------------------------------------------------------------------ */
 /* instruction-count mode                                                    */
 
@@ -783,6 +883,7 @@ static int ic_mode(void)
     /* hypercall-sized updates */
     IC("peer:storm", op_q_storm(&c));
     IC("sevpeb:storm", op_s_storm(&c));
+    IC("peer_atomic:storm", op_qa_storm(&c));
     sevpeb_map_gpa_range(t, 0x7777ull << 12, 1, 0);      /* make the chunk mixed first */
     c.gfn = 0x7778; c.iters = 10000;
     IC("peer:single", op_q_single(&c));
@@ -800,6 +901,7 @@ static int ic_mode(void)
     IC("sevpeb:count", op_s_count(&c));
     IC("peer:find", op_q_find(&c));
     IC("sevpeb:find", op_s_find(&c));
+    IC("sevpeb_batch:find", op_s_find_batch(&c));
     IC("peer:copy", op_q_copy(&c));
     IC("sevpeb:copy", op_s_copy(&c));
     wbuf w = { xmalloc(64 << 20), 0, 64 << 20 };
@@ -807,6 +909,8 @@ static int ic_mode(void)
     IC("memcpy:encode", op_memcpy_raw(&c));
     IC("amd_v1:encode", op_amd_v1(&c));
     IC("sevpeb:encode", op_s_encode(&c));
+    IC("xxh64:encode", op_xxh64_raw(&c));
+    IC("xxh3:encode", op_xxh3_raw(&c));
     c.w->len = 0;
     CK(sevpeb_save_setup(t, wbuf_write, c.w));
     sevpeb_save_cleanup(t);
@@ -855,13 +959,16 @@ int main(int argc, char **argv)
 
     paired("storm", "update", "boot storm: 19.5K page-state calls (OVMF-like allocate/free pairs)",
            "QEMU bitmap_set/clear", op_q_storm, &c, op_s_storm, &c, R, 19500, "ns", "<= 1.0x QEMU", 1.0);
+    paired("storm_atomic", "update", "boot storm: 19.5K page-state calls vs QEMU's thread-safe bitmap_set_atomic/test_and_clear_atomic",
+           "QEMU bitmap_set_atomic/test_and_clear_atomic", op_qa_storm, &c, op_s_storm, &c, R, 19500, "ns", "<= 1.0x QEMU", 1.0);
     sevpeb_map_gpa_range(t, 0x7777ull << 12, 1, 0);
     peer_clear(m, 0x7777, 1);
     c.gfn = 0x7778; c.iters = quick ? 200000 : 1000000;
     paired("single", "update", "single-page update in a mixed chunk (map_gpa_range vs bitmap_set/clear)",
            "QEMU bitmap_set/clear", op_q_single, &c, op_s_single, &c, R, 2.0 * c.iters, "ns", "<= 1.0x QEMU", 1.0);
-    paired("single_atomic", "update", "single-page update vs QEMU's thread-safe bitmap_set_atomic",
-           "QEMU bitmap_set_atomic/clear", op_qa_single, &c, op_s_single, &c, R, 2.0 * c.iters, "ns", NULL, 0);
+    paired("single_atomic", "update", "single-page update vs QEMU's thread-safe bitmap_set_atomic/clear_bit_atomic",
+           "QEMU bitmap_set_atomic/clear_bit_atomic", op_qa_single, &c, op_s_single, &c, R, 2.0 * c.iters, "ns",
+           "<= 1.0x QEMU", 1.0);
     paired("single_set_range", "update", "single-page sevpeb_set_range (no hypercall decoding)",
            "QEMU bitmap_set/clear", op_q_single, &c, op_s_single_setrange, &c, R, 2.0 * c.iters, "ns", NULL, 0);
     {
@@ -889,6 +996,8 @@ int main(int argc, char **argv)
            "QEMU bitmap_count_one", op_q_count, &c, op_s_count, &c, R, 1, "us", "<= 1.0x QEMU", 1.0);
     paired("find_typ", "query", "enumerate all shared runs (find next), typical",
            "QEMU find_next_zero_bit/find_next_bit", op_q_find, &c, op_s_find, &c, R, 1, "us", "<= 1.0x QEMU", 1.0);
+    paired("find_batch_typ", "query", "enumerate all shared runs (sevpeb_shared_runs, 4096 a call), typical",
+           "QEMU find_next_zero_bit/find_next_bit", op_q_find, &c, op_s_find_batch, &c, R, 1, "us", "<= 1.0x QEMU", 1.0);
     paired("copy_typ", "query", "copy out the 1 TiB slot as a bitmap (32 MiB), typical",
            "QEMU bitmap_copy_with_src_offset", op_q_copy, &c, op_s_copy, &c, R, 1, "ms", "<= 1.0x QEMU", 1.0);
     c.gfn = L1.base[1]; c.n = 1 << 22;
@@ -1038,6 +1147,9 @@ int main(int argc, char **argv)
            "QEMU bitmap_count_one", op_q_count, &c, op_s_count, &c, R, 1, "ms", "<= 1.0x QEMU", 1.0);
     paired("find_worst", "query", "enumerate all shared runs (find next), worst case (~67M runs)",
            "QEMU find_next_zero_bit/find_next_bit", op_q_find, &c, op_s_find, &c, quick ? 3 : 5, 1, "ms", "<= 1.0x QEMU", 1.0);
+    paired("find_batch_worst", "query", "enumerate all shared runs (sevpeb_shared_runs, 4096 a call), worst case (~67M runs)",
+           "QEMU find_next_zero_bit/find_next_bit", op_q_find, &c, op_s_find_batch, &c, quick ? 3 : 5, 1, "ms",
+           "<= 1.0x QEMU", 1.0);
     paired("copy_worst", "query", "copy out the 1 TiB slot as a bitmap (32 MiB), worst case",
            "QEMU bitmap_copy_with_src_offset", op_q_copy, &c, op_s_copy, &c, R, 1, "ms", "<= 1.0x QEMU", 1.0);
     c.gfn = L1.base[1]; c.n = 1 << 22;
@@ -1054,6 +1166,10 @@ int main(int argc, char **argv)
     mmm enc = paired("encode_worst", "encode", "full-state encode, worst case (START payload vs memcpy of the raw bitmap)",
                      "memcpy raw bitmap", op_memcpy_raw, &c, op_s_encode, &c, R, 1, "ms", "<= 1.5x memcpy", 1.5);
     (void)enc;
+    paired("hash_xxh64_worst", "encode", "the checksum alone: XXH64 (format v1) over the 1 TiB raw bitmap vs memcpy of it",
+           "memcpy raw bitmap", op_memcpy_raw, &c, op_xxh64_raw, &c, R, 1, "ms", NULL, 0);
+    paired("hash_xxh3_worst", "encode", "the checksum alone: XXH3-64 (format v2) over the 1 TiB raw bitmap vs memcpy of it",
+           "memcpy raw bitmap", op_memcpy_raw, &c, op_xxh3_raw, &c, R, 1, "ms", NULL, 0);
     paired("encode_worst_amd", "encode", "full-state encode, worst case (sevpeb vs AMD v1 bitmap encoder)",
            "AMD v1 encoder", op_amd_v1, &c, op_s_encode, &c, R, 1, "ms", NULL, 0);
     {
@@ -1126,6 +1242,29 @@ int main(int argc, char **argv)
         js_end();
         printf("  updates/s: %.3g alone, %.3g with encoder; encode med %.2f ms alone, %.2f ms busy (x%.2f)\n",
                u_alone, u_enc, enc_alone.med, enc_busy.med, enc_busy.med / enc_alone.med);
+    }
+
+    /* thread scaling: 1, 2, 4, 8 threads, each on its own chunk */
+    {
+        section("1/2/4/8 threads updating pages of different chunks (typical-state tracker)");
+        sevpeb_tracker *st = mk_tracker(&L1);
+        unsigned long *sm = mk_qbitmap(&L1);
+        double secs = quick ? 0.4 : 1.5;
+        static const int ns[] = {1, 2, 4, 8};
+        js_begin("scaling", "concurrency", "updates/s of 1, 2, 4, 8 threads, each toggling single pages of its own chunk", "updates/s");
+        js_num("cores", (double)sysconf(_SC_NPROCESSORS_ONLN));
+        for (int i = 0; i < 4; i++) {
+            double us = run_scaling(st, NULL, &L1, ns[i], secs);
+            double uq = run_scaling(NULL, sm, &L1, ns[i], secs);
+            char k[32];
+            snprintf(k, sizeof(k), "sevpeb_%d", ns[i]); js_num(k, us);
+            snprintf(k, sizeof(k), "peer_%d", ns[i]); js_num(k, uq);
+            printf("  %d thread(s): sevpeb %.3g updates/s, QEMU atomic peer %.3g updates/s\n", ns[i], us, uq);
+        }
+        js_str("goal", "updates/s grow with threads (report)");
+        js_end();
+        sevpeb_tracker_destroy(st);
+        free(sm);
     }
 
     /* typical decode vs encode */

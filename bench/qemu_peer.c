@@ -12,6 +12,16 @@
 void peer_set(unsigned long *map, long start, long nr) { bitmap_set(map, start, nr); }
 void peer_set_atomic(unsigned long *map, long start, long nr) { bitmap_set_atomic(map, start, nr); }
 void peer_clear(unsigned long *map, long start, long nr) { bitmap_clear(map, start, nr); }
+/* The thread-safe clear: clear_bit_atomic for one bit, QEMU's only
+ * atomic range clear (bitmap_test_and_clear_atomic) for a range. */
+void peer_clear_atomic(unsigned long *map, long start, long nr)
+{
+    if (nr == 1) {
+        clear_bit_atomic(start, map);
+    } else {
+        bitmap_test_and_clear_atomic(map, start, nr);
+    }
+}
 long peer_count_one(const unsigned long *map, long offset, long nbits)
 {
     return bitmap_count_one_with_offset(map, offset, nbits);

@@ -4,6 +4,7 @@
 void peer_set(unsigned long *map, long start, long nr);
 void peer_set_atomic(unsigned long *map, long start, long nr);
 void peer_clear(unsigned long *map, long start, long nr);
+void peer_clear_atomic(unsigned long *map, long start, long nr);
 long peer_count_one(const unsigned long *map, long offset, long nbits);
 unsigned long peer_find_next_bit(const unsigned long *map, unsigned long size, unsigned long off);
 unsigned long peer_find_next_zero_bit(const unsigned long *map, unsigned long size, unsigned long off);

@@ -17,7 +17,7 @@ fi
 # break the compile half-way.
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
-cp -r Sources/SevPEB Sources/CSevPEBShims "$SRC/"
+cp -r Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash "$SRC/"
 mkdir -p "$SRC/CSevPEB/include"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
 csan=${SANITIZE/fuzzer/fuzzer-no-link}
@@ -25,11 +25,13 @@ clang -O1 -g -fsanitize="$csan" -I "$SRC/CSevPEBShims/include" -c "$SRC/CSevPEBS
 # The reference model's byte loops: ASan, but no coverage (it is the oracle).
 msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
+# XXH3 (libxxhash-dev, inline): ASan, but no coverage (a library, not our code).
+clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/hash.c" -o "$OUT/hash.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
-        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
-        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/fuzz_model.o" \
+        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
+        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/fuzz_model.o" \
         -o "$OUT/$t" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2)
     echo "built $OUT/$t"
 done

@@ -31,7 +31,7 @@
  *     the encoder see a range either before or after an update, never torn,
  *     and no update is lost.
  *   - Queries (sevpeb_test, sevpeb_count_shared, sevpeb_next_shared_run,
- *     sevpeb_get_bitmap, sevpeb_digest, ...) may run concurrently with
+ *     sevpeb_shared_runs, sevpeb_get_bitmap, sevpeb_digest, ...) may run concurrently with
  *     updates; each returns a consistent snapshot of the pages it covers at
  *     one instant per 64 MiB chunk.
  *   - Layout changes (sevpeb_slot_*) and sevpeb_reset may run concurrently
@@ -203,6 +203,27 @@ SEVPEB_API int sevpeb_totals(sevpeb_tracker *t, uint64_t *pages, uint64_t *share
  */
 SEVPEB_API int sevpeb_next_shared_run(sevpeb_tracker *t, uint64_t from_gfn,
                                       uint64_t *gfn, uint64_t *npages);
+
+/** One run of shared pages: [gfn, gfn + npages). */
+typedef struct sevpeb_run {
+    uint64_t gfn;
+    uint64_t npages;
+} sevpeb_run;
+
+/**
+ * Batch form of sevpeb_next_shared_run: store up to max consecutive shared
+ * runs, the first being the one sevpeb_next_shared_run(t, from_gfn) finds,
+ * into runs[0..], in ascending GFN order, all from one snapshot (the
+ * tracker is locked once per call, so updates wait for at most max runs'
+ * worth of search; pick max accordingly, e.g. 4096). To iterate all runs,
+ * start at 0 and continue from runs[n-1].gfn + runs[n-1].npages while the
+ * call returns max.
+ * Returns the number of runs stored (0..max; < max means no more runs
+ * after the last one); -EINVAL (t or runs NULL with max > 0, or max >
+ * INT64_MAX). Thread-safe (a query: may run concurrently with updates).
+ */
+SEVPEB_API int64_t sevpeb_shared_runs(sevpeb_tracker *t, uint64_t from_gfn,
+                                      sevpeb_run *runs, size_t max);
 
 /**
  * Copy the range out as bits (the seed's GET, any start GFN): bit i of the

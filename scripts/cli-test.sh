@@ -58,7 +58,7 @@ OUT=$("$B" dump "$W/typ.bin" 2>&1); rc=$?
 check "dump exits 0" test $rc -eq 0
 check "dump: 27 records in 2 payloads, committed" grep -q "^27 records in 2 payloads, 776 bytes; committed" <<<"$OUT"
 check "dump: FINAL carries the digest" grep -q "FINAL digest=${enc_digest#digest: } " <<<"$OUT"
-check "dump: first record is HEADER at offset 0" grep -qE "^ +0 +0 +0  HEADER version=0x1 page_shift=0xc flags=0x0" <<<"$OUT"
+check "dump: first record is HEADER at offset 0" grep -qE "^ +0 +0 +0  HEADER version=0x2 page_shift=0xc flags=0x0" <<<"$OUT"
 
 # 4. hostile files: exact library messages, non-zero exit
 cp "$W/typ.bin" "$W/digest.bin"; flip "$W/digest.bin" $((746 + 3))

@@ -12,7 +12,7 @@ log() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # Debian packages every part needs (QEMU's own build deps are installed by
 # scripts/build-qemu.sh; guest assets by the trial harness).
 install_base_deps() {
-    local pkgs=(build-essential pkg-config python3 python3-venv python3-pip iproute2 binutils gdb valgrind
+    local pkgs=(build-essential pkg-config libxxhash-dev python3 python3-venv python3-pip iproute2 binutils gdb valgrind
                 librsvg2-bin curl ca-certificates)
     local missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

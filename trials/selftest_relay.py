@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Self-test of the corrupting relay and the XXH64 check, on 127.0.0.1 only.
+"""Self-test of the corrupting relay and the XXH3-64 check, on 127.0.0.1 only.
 
 Builds a synthetic stream (random bytes, decoy section headers, and a sevpeb
 START / PART / END with valid END_OF_PAYLOAD checks), pushes it through
 sevtrials/relay.py in every mode, and checks which bytes changed.
-Run: python3 trials/selftest_relay.py   (prints "relay self-test: ok")
+Run: $SEVPEB_CACHE/pyvenv/bin/python trials/selftest_relay.py   (prints "relay self-test: ok")
 """
 import json
 import os
@@ -18,25 +18,25 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sevtrials import relay as R          # noqa: E402
-from sevtrials.xxh64 import xxh64        # noqa: E402
+from xxhash import xxh3_64_intdigest as xxh3   # noqa: E402
 
 # docs/FORMAT.md section 9, vector 1: the END_OF_PAYLOAD checks of both payloads
-V1 = bytes.fromhex("0153565042 0001 0c00 02 00000001 0000000000000000 0000000000000100 03 0000000000000000"
+V1 = bytes.fromhex("0153565042 0002 0c00 02 00000001 0000000000000000 0000000000000100 03 0000000000000000"
                    "12 0000000000000000 00000100 00000001 0010 0003 ff".replace(" ", ""))
-assert xxh64(b"") == 0xEF46DB3751D8E999 and xxh64(b"abc") == 0x44BC2CF5AD770999
-assert xxh64(V1) & 0xFFFFFFFF == 0xB658BAE3, hex(xxh64(V1))
-V1b = bytes.fromhex("20a75e54a3b17c8106 0000000000000100 0000000000000004 ff".replace(" ", ""))
-assert xxh64(V1b) & 0xFFFFFFFF == 0x2C9C2C95
+assert xxh3(b"") == 0x2D06800538D394C2 and xxh3(b"abc") == 0x78AF5F94892F3950
+assert xxh3(V1) & 0xFFFFFFFF == 0xF76B4195, hex(xxh3(V1))
+V1b = bytes.fromhex("20425fdc1ac1f96579 0000000000000100 0000000000000004 ff".replace(" ", ""))
+assert xxh3(V1b) & 0xFFFFFFFF == 0xF0C5B13C
 
 rng = random.Random(3)
 SID = struct.pack(">I", 7)
 
 
 def ck(p):
-    return p + struct.pack(">I", xxh64(p) & 0xFFFFFFFF)
+    return p + struct.pack(">I", xxh3(p) & 0xFFFFFFFF)
 
 
-START = ck(b"\x01SVPB\x00\x01\x0c\x00" + b"\x02" + struct.pack(">IQQQQ", 2, 0, 0xa0, 0x100, 0xff00)
+START = ck(b"\x01SVPB\x00\x02\x0c\x00" + b"\x02" + struct.pack(">IQQQQ", 2, 0, 0xa0, 0x100, 0xff00)
            + b"\x03" + struct.pack(">Q", 1) + b"\x10" + struct.pack(">QQB", 0, 0xa0, 1)
            + b"\x11" + struct.pack(">QI", 0x100, 16) + b"\xfe\xff"
            + b"\x12" + struct.pack(">QII", 0x200, 100, 2) + struct.pack(">HHHH", 3, 0, 10, 4) + b"\xff")
@@ -129,7 +129,7 @@ def main():
                 a = P0 if mode == "bits-fixed" else E0
                 body = START if mode == "bits-fixed" else END
                 pay = out[a:a + len(body)]
-                assert struct.unpack(">I", pay[-4:])[0] == xxh64(pay[:-4]) & 0xFFFFFFFF, mode
+                assert struct.unpack(">I", pay[-4:])[0] == xxh3(pay[:-4]) & 0xFFFFFFFF, mode
             print(f"  {mode:<10} ok: sections {secs}, changed offsets {diffs}")
     print("relay self-test: ok")
 

@@ -129,7 +129,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         let p = try encodePayloads(t)
         let r = decodePayloads(p.file)
         let text = r.records.map { "\($0.payload) \($0.offset) \($0.fileOffset) \($0.text)" }
-        #expect(text.first == "0 0 0 HEADER version=0x1 page_shift=0xc flags=0x0")
+        #expect(text.first == "0 0 0 HEADER version=0x2 page_shift=0xc flags=0x0")
         #expect(text[1] == "0 9 9 LAYOUT nslots=0x2")
         #expect(text[2] == "0 46 46 CONTROL value=0x1 (migration ready)")
         #expect(Array(text[3...5]) == ["0 55 55 RUNS gfn=0x0 npages=0xa0 nruns=0x1",

@@ -196,26 +196,41 @@ import Testing
         #expect(a.digest() == b.digest())
     }
 
-    @Test func xxh64KnownAnswers() {
-        // Values from the reference implementation (python-xxhash 3.x).
-        func h(_ b: [UInt8], _ seed: UInt64 = 0) -> UInt64 {
-            b.withUnsafeBytes { XXH64.hash(bytes: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, count: b.count, seed: seed) }
+    @Test func xxh3KnownAnswers() {
+        // Values from the reference implementation (python-xxhash 4.x, xxh3_64_intdigest):
+        // every length class of XXH3 (0, 1-3, 4-8, 17-128, 129-240 via 37, > 240).
+        func h(_ b: [UInt8]) -> UInt64 {
+            b.withUnsafeBytes { XXH3.hash(bytes: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, count: b.count) }
         }
-        #expect(h([]) == 0xef46db3751d8e999)
-        #expect(h(Array("a".utf8)) == 0xd24ec4f1a98c6e5b)
-        #expect(h(Array("abc".utf8)) == 0x44bc2cf5ad770999)
-        #expect(h((0..<768).map { UInt8($0 % 256) }) == 0x8e03c838c596036f)
-        #expect(h((0..<37).map { UInt8($0) }, 7) == 0x69e0c889396afaf7)
+        #expect(h([]) == 0x2d06800538d394c2)
+        #expect(h(Array("a".utf8)) == 0xe6c632b61e964e1f)
+        #expect(h(Array("abc".utf8)) == 0x78af5f94892f3950)
+        #expect(h((0..<768).map { UInt8($0 % 256) }) == 0x4066a57f4496584a)
+        #expect(h((0..<37).map { UInt8($0) }) == 0x29abb110fd909861)
+        let long = (0..<5000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(h(long) == 0x6abe8be5abcb2760)
         let words: [UInt64] = [1, 2, 3, 4]
-        #expect(words.withUnsafeBufferPointer { XXH64.hash(words: $0.baseAddress!, count: 4) } == 0x73f859a04f669e6d)
+        #expect(words.withUnsafeBufferPointer { XXH3.hash(words: $0.baseAddress!, count: 4) } == 0x53e911333a923397)
+        var wx = XXH3()
+        for w in words { wx.add(w) }
+        #expect(wx.finish() == 0x53e911333a923397)
         // Streaming in odd pieces equals one shot.
-        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-        var x = XXH64()
-        data.withUnsafeBytes { p in
-            var i = 0
-            for step in [1, 3, 31, 33, 7, 64, 2] { x.update(p.baseAddress! + i, step); i += step }
-            x.update(p.baseAddress! + i, data.count - i)
+        var x = XXH3()
+        var i = 0
+        long.withUnsafeBytes { p in
+            for step in [1, 3, 31, 33, 7, 64, 2, 300] { x.update(p.baseAddress! + i, step); i += step }
         }
-        #expect(x.finish() == h(data))
+        // The state is copied to addresses of every alignment mod 64 (the array's
+        // stride is not a multiple of 64) and each copy continues correctly.
+        var copies = Array(repeating: x, count: 9)
+        #expect(Set((0..<9).map { k in copies.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress! + k) % 64 } }).count > 1)
+        long.withUnsafeBytes { p in
+            for k in 0..<copies.count { copies[k].update(p.baseAddress! + i, long.count - i) }
+        }
+        for k in 0..<copies.count { #expect(copies[k].finish() == 0x6abe8be5abcb2760) }
+        // Negative control: one byte less is another hash.
+        var short = XXH3()
+        long.withUnsafeBytes { p in short.update(p.baseAddress!, long.count - 1) }
+        #expect(short.finish() != 0x6abe8be5abcb2760)
     }
 }

@@ -156,7 +156,10 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         #expect(try loadError(p).0 == 0)
         #expect(try loadError(p, version: 2).0 == EPROTONOSUPPORT)
         #expect(try loadError(patched(0, 1, [0, 0, 0, 0])).0 == EBADMSG)          // magic
-        #expect(try loadError(patched(0, 5, [0, 2])).0 == EPROTONOSUPPORT)        // format version 2
+        #expect(try loadError(patched(0, 5, [0, 3])).0 == EPROTONOSUPPORT)        // format version 3
+        // format version 1 (XXH64 checksums): refused by name, before its checksum is looked at
+        let (e1, m1) = try loadError(patched(0, 5, [0, 1]))
+        #expect(e1 == EPROTONOSUPPORT && m1.contains("format version 1") && m1.contains("XXH64"), "\(m1)")
         #expect(try loadError(patched(0, 7, [13])).0 == EBADMSG)                  // page shift
         #expect(try loadError(patched(0, 0, [0x77])).1.contains("unknown record type 0x77"))
         #expect(try loadError(patched(0, 10, [0, 1, 0, 0])).0 == EMSGSIZE)        // nslots 65536
@@ -184,7 +187,7 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
     func refreshChecksum(_ p: [UInt8]) -> [UInt8] {
         var q = p
         let end = q.count - 5
-        let c = UInt32(truncatingIfNeeded: q.withUnsafeBytes { XXH64.hash(bytes: $0.baseAddress!, count: end + 1) })
+        let c = UInt32(truncatingIfNeeded: q.withUnsafeBytes { XXH3.hash(bytes: $0.baseAddress!, count: end + 1) })
         q[end + 1] = UInt8(c >> 24); q[end + 2] = UInt8(truncatingIfNeeded: c >> 16)
         q[end + 3] = UInt8(truncatingIfNeeded: c >> 8); q[end + 4] = UInt8(truncatingIfNeeded: c)
         return q
@@ -194,7 +197,7 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         // A hand-built stream: HEADER, LAYOUT [0, 100), FILL at 200.
         var w = [UInt8]()
         func be(_ v: UInt64, _ n: Int) { for i in (0..<n).reversed() { w.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
-        w.append(0x01); be(0x5356_5042, 4); be(1, 2); w.append(12); w.append(0)
+        w.append(0x01); be(0x5356_5042, 4); be(UInt64(Wire.version), 2); w.append(12); w.append(0)
         w.append(0x02); be(1, 4); be(0, 8); be(100, 8)
         w.append(0x10); be(200, 8); be(5, 8); w.append(0)
         w.append(0xFF); be(0, 4)

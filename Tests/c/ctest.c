@@ -100,6 +100,26 @@ static void test_basics(void)
     CHECK(sevpeb_next_shared_run(t, 120, &a, &b) == 1 && a == 120 && b == 30, "run clipped");
     CHECK(sevpeb_next_shared_run(t, 150, &a, &b) == 0, "no more runs");
 
+    /* batch enumeration: the same runs as sevpeb_next_shared_run, max at a time */
+    {
+        sevpeb_run r[4];
+        CHECK(sevpeb_set_range(t, 0x7fff0, 16, SEVPEB_SHARED) == 0 && sevpeb_set_range(t, 200, 1, SEVPEB_SHARED) == 0,
+              "more runs");
+        CHECK(sevpeb_shared_runs(t, 0, r, 4) == 3 && r[0].gfn == 100 && r[0].npages == 50 && r[1].gfn == 200 &&
+              r[1].npages == 1 && r[2].gfn == 0x7fff0 && r[2].npages == 16, "batch of 3");
+        CHECK(sevpeb_shared_runs(t, 120, r, 2) == 2 && r[0].gfn == 120 && r[0].npages == 30 && r[1].gfn == 200,
+              "batch clipped, max 2");
+        CHECK(sevpeb_shared_runs(t, 201, r, 4) == 1 && r[0].gfn == 0x7fff0, "from after a run");
+        CHECK(sevpeb_shared_runs(t, 0x80000, r, 4) == 0, "no more runs (batch)");
+        CHECK(sevpeb_shared_runs(t, 0, NULL, 0) == 0, "max 0");
+        CHECK(sevpeb_shared_runs(t, 0, NULL, 1) == -EINVAL, "runs NULL");
+        CHECK(sevpeb_shared_runs(NULL, 0, r, 1) == -EINVAL, "t NULL");
+        CHECK(sevpeb_shared_runs(t, 0, r, SIZE_MAX) == -EINVAL && strstr(sevpeb_last_error(), "max") != NULL,
+              "max above INT64_MAX: %s", sevpeb_last_error());
+        CHECK(sevpeb_set_range(t, 0x7fff0, 16, SEVPEB_PRIVATE) == 0 && sevpeb_set_range(t, 200, 1, SEVPEB_PRIVATE) == 0,
+              "undo");
+    }
+
     /* bitmap out / in */
     uint8_t bm[32];
     memset(bm, 0xAA, sizeof(bm));

@@ -15,7 +15,7 @@ extension Tracker {
                     let g = sl.groups + gi
                     guard g.pointee.hashValid else { continue }
                     let first = UInt64(gi) << 6
-                    var x = XXH64()
+                    var x = XXH3()
                     var c = first
                     while c < min(nch, first + 64) {
                         let bit = c & 63
@@ -23,7 +23,7 @@ extension Tracker {
                         if let u = uniformValue(g, bit) {
                             x.add(Tracker.uniformHash(len: len, value: u))
                         } else {
-                            x.add(XXH64.hash(words: block(g, bit), count: (len + 63) >> 6))
+                            x.add(XXH3.hash(words: block(g, bit), count: (len + 63) >> 6))
                         }
                         c += 1
                     }

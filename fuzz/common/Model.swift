@@ -224,18 +224,18 @@ struct RefModel {
             packed.withUnsafeMutableBufferPointer { d in fz_put_bits(d.baseAddress!, 0, p.baseAddress! + start, len) }
         }
         // The words as little-endian bytes are exactly the packed bytes.
-        return packed.withUnsafeBytes { XXH64.hash(bytes: $0.baseAddress!, count: $0.count) }
+        return packed.withUnsafeBytes { XXH3.hash(bytes: $0.baseAddress!, count: $0.count) }
     }
 
     func digest() -> UInt64 {
-        var x = XXH64()
+        var x = XXH3()
         for s in slots {
             x.add(s.base)
             x.add(UInt64(s.bits.count))
             let nch = (s.bits.count + Geometry.chunkPages - 1) / Geometry.chunkPages
             var g = 0
             while g * 64 < nch {
-                var gx = XXH64()
+                var gx = XXH3()
                 for c in (g * 64)..<min(nch, g * 64 + 64) { gx.add(chunkHash(s, c)) }
                 x.add(gx.finish())
                 g += 1

@@ -30,11 +30,7 @@ import sys
 import threading
 import time
 
-try:
-    from sevtrials.xxh64 import xxh64
-except ImportError:                     # run as a script: sevtrials/ is our directory
-    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
-    from sevtrials.xxh64 import xxh64
+from xxhash import xxh3_64_intdigest as xxh3    # PyPI xxhash (scripts/lib.sh installs it into the venv)
 
 IDSTR = b"sev-page-enc-bitmap"
 START_TAIL = bytes([len(IDSTR)]) + IDSTR
@@ -57,7 +53,7 @@ class Invalid(Exception):
 
 def parse_payload(buf, off, check=True):
     """Parse records from buf[off:] through END_OF_PAYLOAD (type 0xFF + be32 low half of
-    XXH64 over the payload up to and including the 0xFF). Returns (end offset,
+    XXH3-64 over the payload up to and including the 0xFF). Returns (end offset,
     [(type, rec_off, rec_len)]). Raises NeedMore if buf ends first, Invalid if it is
     not a sevpeb payload (with check, a wrong END_OF_PAYLOAD check is Invalid too)."""
     recs = []
@@ -72,7 +68,7 @@ def parse_payload(buf, off, check=True):
         t = buf[p]
         if t == 0xFF:
             need(5)
-            want = xxh64(bytes(buf[off:p + 1])) & 0xFFFFFFFF
+            want = xxh3(bytes(buf[off:p + 1])) & 0xFFFFFFFF
             got = struct.unpack_from(">I", buf, p + 1)[0]
             if check and got != want:
                 raise Invalid(f"END_OF_PAYLOAD check {got:#x} != {want:#x}")
@@ -142,7 +138,7 @@ class Relay:
     def fix_check(self, p0, recs, what):
         """Recompute the END_OF_PAYLOAD check after a flip, so the corruption gets past it."""
         t, off, n = recs[-1]
-        want = xxh64(bytes(self.buf[p0:off + 1])) & 0xFFFFFFFF
+        want = xxh3(bytes(self.buf[p0:off + 1])) & 0xFFFFFFFF
         struct.pack_into(">I", self.buf, off + 1, want)
         self.log(ev="fixed-check", what=what, stream_off=self.base + off + 1, value=want)
 

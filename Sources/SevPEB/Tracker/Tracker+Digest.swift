@@ -1,9 +1,9 @@
-/// The state digest (docs/FORMAT.md, "Digest"): a three-level XXH64 tree.
+/// The state digest (docs/FORMAT.md, "Digest"): a three-level XXH3 tree.
 ///
-///   chunk hash  = XXH64 of the chunk's bits as little-endian words (bits at
+///   chunk hash  = XXH3 of the chunk's bits as little-endian words (bits at
 ///                 or above the chunk length are zero)
-///   group hash  = XXH64 of the hashes of the group's chunks (up to 64 words)
-///   digest      = XXH64 of, for each slot in GFN order: base, npages, then
+///   group hash  = XXH3 of the hashes of the group's chunks (up to 64 words)
+///   digest      = XXH3 of, for each slot in GFN order: base, npages, then
 ///                 its group hashes (all as little-endian words)
 ///
 /// Chunk and group hashes are cached and invalidated by every change, so a
@@ -13,7 +13,7 @@ extension Tracker {
     static let sharedChunkHash = uniformHash(len: Geometry.chunkPages, value: false)
 
     static func uniformHash(len: Int, value: Bool) -> UInt64 {
-        var x = XXH64()
+        var x = XXH3()
         let words = (len &+ 63) &>> 6
         for i in 0..<words {
             var w: UInt64 = value ? ~0 : 0
@@ -34,7 +34,7 @@ extension Tracker {
         }
         let blk = block(g, bit)
         if g.pointee.hashOK & (1 &<< bit) != 0 { return blk[Geometry.chunkWords] }
-        let h = XXH64.hash(words: blk, count: (len &+ 63) &>> 6)
+        let h = XXH3.hash(words: blk, count: (len &+ 63) &>> 6)
         blk[Geometry.chunkWords] = h
         g.pointee.hashOK |= 1 &<< bit
         return h
@@ -49,7 +49,7 @@ extension Tracker {
         let nch = Geometry.chunks(pages)
         let first = UInt64(gi) &<< 6
         let last = min(nch, first &+ 64)
-        var x = XXH64()
+        var x = XXH3()
         var shared: UInt64 = 0
         var c = first
         while c < last {
@@ -77,7 +77,7 @@ extension Tracker {
         if summaryCache.gen == stateGeneration {
             return (summaryCache.digest, summaryCache.pages, summaryCache.shared)
         }
-        var x = XXH64()
+        var x = XXH3()
         var pages: UInt64 = 0, shared: UInt64 = 0
         for s in 0..<slotCount {
             x.add(slots![s].base)

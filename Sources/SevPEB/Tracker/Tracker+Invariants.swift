@@ -48,7 +48,7 @@ extension Tracker {
                                 return "slot \(s) group \(gi) chunk \(bit): padding bits set past length \(len)"
                             }
                         }
-                        if p.hashOK & (1 &<< bit) != 0 && blk[Geometry.chunkWords] != XXH64.hash(words: blk, count: (len &+ 63) &>> 6) {
+                        if p.hashOK & (1 &<< bit) != 0 && blk[Geometry.chunkWords] != XXH3.hash(words: blk, count: (len &+ 63) &>> 6) {
                             return "slot \(s) group \(gi) chunk \(bit): stale cached hash"
                         }
                     }

@@ -18,7 +18,7 @@ public final class LoadSession {
     var lastEnd: UInt64 = 0
     var anyState = false
     /// Checksum of the current payload's bytes so far.
-    var check = XXH64()
+    var check = XXH3()
     // SAFETY: both buffers are owned by this session (freed in deinit) and
     // sized for the largest record (Wire.maxRecordPages bits).
     let scratch: UnsafeMutablePointer<UInt8>
@@ -67,7 +67,7 @@ public final class LoadSession {
             }
             if finished { throw SevError(EBADMSG, "section after the FINAL record") }
             offset = 0
-            lastEnd = 0; anyState = false; check = XXH64()
+            lastEnd = 0; anyState = false; check = XXH3()
             payloads &+= 1
             var committed = false
             while true {
@@ -142,6 +142,7 @@ public final class LoadSession {
         let m = try be32(&src)
         if m != Wire.magic { throw SevError(EBADMSG, "HEADER magic \(hex(UInt64(m))) (expected \(hex(UInt64(Wire.magic))) \"SVPB\")") }
         let v = try be16(&src)
+        if v == 1 { throw SevError(EPROTONOSUPPORT, "format version 1 not supported (this library reads version \(Wire.version) only; version 1 used XXH64 checksums and digest, version 2 uses XXH3: migrate between sevpeb builds of the same format version)") }
         if v != Wire.version { throw SevError(EPROTONOSUPPORT, "format version \(v) not supported (this library reads version \(Wire.version))") }
         let ps = try u8(&src)
         if ps != Wire.pageShift { throw SevError(EBADMSG, "HEADER page_shift \(ps) (expected \(Wire.pageShift): 4 KiB pages)") }

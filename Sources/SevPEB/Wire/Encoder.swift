@@ -9,7 +9,7 @@ struct RecordWriter<S: ByteSink> {
     var total: UInt64 = 0
     var records: UInt64 = 0
     /// Checksum of the payload so far (bytes of buf below `hashed` are in it).
-    var check = XXH64()
+    var check = XXH3()
     var hashed = 0
 
     init(sink: S, buf: UnsafeMutablePointer<UInt8>, cap: Int) {
@@ -25,7 +25,7 @@ struct RecordWriter<S: ByteSink> {
         }
     }
 
-    /// END_OF_PAYLOAD: the type byte, then the low 32 bits of XXH64 over
+    /// END_OF_PAYLOAD: the type byte, then the low 32 bits of XXH3-64 over
     /// every payload byte up to and including that type byte; then flush.
     mutating func endPayload() throws(SevError) {
         try begin(.end, body: Wire.Record.end.fixedBodyBytes)

@@ -1,13 +1,13 @@
 import CSevPEBShims
 
-/// The sevpeb migration section payload, format version 1.
+/// The sevpeb migration section payload, format version 2.
 /// docs/FORMAT.md is the specification; this file mirrors it.
 ///
 /// A payload (one QEMU START / PART / END / FULL section) is a sequence of
 /// records, each a type byte and a fixed-layout body of big-endian integers,
 /// ending with END_OF_PAYLOAD:
 ///
-///   0x01 HEADER   be32 magic "SVPB" | be16 version (1) | u8 page_shift (12) | u8 flags (0)
+///   0x01 HEADER   be32 magic "SVPB" | be16 version (2) | u8 page_shift (12) | u8 flags (0)
 ///   0x02 LAYOUT   be32 nslots (<= 32768) | nslots x (be64 base_gfn, be64 npages)
 ///   0x03 CONTROL  be64 MSR_KVM_MIGRATION_CONTROL value (bit 0 only)
 ///   0x10 FILL     be64 gfn | be64 npages (> 0) | u8 state (0 shared, 1 private)
@@ -17,11 +17,11 @@ import CSevPEBShims
 ///                 nruns x (be16 offset, be16 length-1): shared runs, ascending, not
 ///                 touching; the rest of [gfn, gfn+npages) is private
 ///   0x20 FINAL    be64 digest | be64 total_pages | be64 shared_pages
-///   0xFF END_OF_PAYLOAD be32 check: low 32 bits of XXH64 over every payload byte up
+///   0xFF END_OF_PAYLOAD be32 check: low 32 bits of XXH3-64 over every payload byte up
 ///                 to and including this record's type byte
 public enum Wire {
     public static let magic: UInt32 = 0x5356_5042   // "SVPB"
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     public static let pageShift: UInt8 = 12
     public static let sectionVersion: UInt32 = 1
     public static let idstr = "sev-page-enc-bitmap"
