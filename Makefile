@@ -88,6 +88,9 @@ alloc-check: install
 	$(CC) $(CTEST_FLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all Tests/c/allocfail.c -o $(OUT)/allocfail-asan \
 	  $(KVM_PC) -ldl $(ALLOC_WRAP)
 	LD_PRELOAD=$(abspath $(OUT)/kvm_interposer.so) $(OUT)/allocfail --seed $(or $(SEED),1)
+	@if LD_PRELOAD=$(abspath $(OUT)/kvm_interposer.so) $(OUT)/allocfail --negative-control >$(OUT)/allocfail-neg.log 2>&1; \
+	then echo "negative control passed: the state check cannot fail"; exit 1; \
+	else echo "negative control: $$(grep -c 'state changed by the failed call' $(OUT)/allocfail-neg.log) state changes detected (expected)"; fi
 	ASAN_OPTIONS=detect_leaks=1:verify_asan_link_order=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LD_PRELOAD=$(abspath $(OUT)/kvm_interposer.so) $(OUT)/allocfail-asan
 

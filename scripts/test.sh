@@ -19,6 +19,8 @@ step "TSan: concurrency tests (swift test --sanitize=thread)" \
     swift test --sanitize=thread --scratch-path .build-tsan --filter Concurrency
 step "KVM layer: real /dev/kvm (VM level) and seed-dialect kernel model behind an ioctl interposer" \
     make kvm-check PREFIX="$SEVPEB_PREFIX"
+step "allocation failures: each library allocation failing in turn (plain + random, ASan+LSan)" \
+    make alloc-check PREFIX="$SEVPEB_PREFIX"
 step "CLI: encode / decode / dump" \
     bash scripts/cli-test.sh
 step "fuzzing: bounded libFuzzer runs (${FUZZ_SECONDS} s per target)" \

@@ -18,6 +18,8 @@
  *
  *   allocfail            every allocation failing in turn
  *   allocfail --seed S   additionally 200 runs failing allocations at random (1/8)
+ *   allocfail --runtime  also fail swift_allocObject's posix_memalign (traps: see docs/SECURITY.md)
+ *   allocfail --negative-control   flip a page after each failed call: must FAIL
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -53,6 +55,7 @@ static int nsites;
 static char kind_of[4096]; /* allocator of allocation k in the clean run: c(alloc) m(alloc) p(osix_memalign) */
 static int step_of[4096];  /* and the step it happened in */
 static int nsteps;
+static int negative; /* --negative-control: flip a page after each failed call */
 static int inject_runtime; /* --runtime: fail posix_memalign too */
 static const char *step_name[128];
 
@@ -171,6 +174,9 @@ static long failed_points;
             } else if (r_ != clean_result[i_]) {                                                        \
                 CHECK(injected && r_ == -(err), "step %d (%s): %" PRId64 \
                       " (clean %" PRId64 ", injected %d)", i_, #expr, r_, clean_result[i_], injected);   \
+                if (negative && t) { /* negative control: a change the check must see */                \
+                    sevpeb_set_range(t, before_.slot[0][0], 1, !sevpeb_test(t, before_.slot[0][0]));    \
+                }                                                                                       \
                 take(t, &after_);                                                                       \
                 CHECK(same(&before_, &after_), "step %d (%s): state changed by the failed call", i_,    \
                       #expr);                                                                           \
@@ -379,6 +385,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
             seed = strtoull(argv[++i], NULL, 0);
+        } else if (!strcmp(argv[i], "--negative-control")) {
+            negative = 1;
         } else if (!strcmp(argv[i], "--runtime")) {
             inject_runtime = 1;
         }
