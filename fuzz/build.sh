@@ -18,6 +18,7 @@ fi
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
 cp -r Sources/SevPEB Sources/CSevPEBShims "$SRC/"
+mkdir -p "$SRC/SevPEBInspect" && cp Sources/SevPEBInspect/QemuStream.swift "$SRC/SevPEBInspect/"
 mkdir -p "$SRC/CSevPEB/include"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
 csan=${SANITIZE/fuzzer/fuzzer-no-link}
@@ -25,11 +26,18 @@ clang -O1 -g -fsanitize="$csan" -I "$SRC/CSevPEBShims/include" -c "$SRC/CSevPEBS
 # The reference model's byte loops: ASan, but no coverage (it is the oracle).
 msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
+# The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
+clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
+    extra=()
+    case $t in
+        seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" -ldl) ;;
+        qemustream) extra=("$SRC/SevPEBInspect/QemuStream.swift") ;;  # `import SevPEB` is this module
+    esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
         -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
-        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/fuzz_model.o" \
-        -o "$OUT/$t" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2)
+        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/fuzz_model.o" "${extra[@]}" \
+        -o "$OUT/$t" 2> >(grep -v -e 'ld.gold: warning: Cannot export local symbol' -e 'ignoring import' >&2)
     echo "built $OUT/$t"
 done
