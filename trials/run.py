@@ -43,6 +43,36 @@ def read_env_file(path):
     return env
 
 
+def leak_snapshot(*qemus):
+    """Network namespaces, running processes of the QEMU binaries under
+    test, and entries of the temp directory: compared before/after a run."""
+    import subprocess
+    import tempfile
+    ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")) - {""}
+    ns = {n.split()[0] for n in ns}
+    bins = {os.path.realpath(q) for q in qemus if q}
+    procs = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.path.realpath(f"/proc/{pid}/exe") in bins:
+                    procs.add(int(pid))
+            except OSError:
+                pass
+    tmp = set(os.listdir(tempfile.gettempdir()))
+    return ns, procs, tmp
+
+
+def leak_diff(before, after):
+    """What the run left behind (namespaces, QEMUs, temp files), or ''."""
+    out = []
+    for what, b, a in zip(("network namespaces", "QEMU processes", "temp files"), before, after):
+        new = sorted(str(x) for x in a - b)
+        if new:
+            out.append(f"{len(new)} {what}: {', '.join(new[:5])}")
+    return "; ".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -139,6 +169,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     hosts = Hosts()
     meta["ns"] = (hosts.ns["A"], hosts.ns["B"])
+    leaks_before = leak_snapshot(qemu, peer_qemu)
     results = []
     try:
         hosts.create()
@@ -179,6 +210,9 @@ def main():
             pass
         hosts.delete()
 
+    leaks = leak_diff(leaks_before, leak_snapshot(qemu, peer_qemu))
+    log(f"leak check: {leaks or 'no leaked network namespaces, QEMU processes or temp files'}", always=True)
+
     pics, why = report.pictures(results, args.out)
     if why:
         log(why, always=True)
@@ -187,7 +221,7 @@ def main():
     print(report.text_summary(results, meta))
     print(f"report: {path}" + (f" (+ {len(pics)} pictures)" if pics else ""))
     npass = sum(r.passed for r in results)
-    nfail = len(results) - npass
+    nfail = len(results) - npass + (1 if leaks else 0)
     if not peb:
         print("NOTE: QEMU under test has no sevpeb object; this was a plumbing run and counts as failed.")
         nfail += 1
