@@ -59,7 +59,9 @@ def leak_snapshot(*qemus):
                     procs.add(int(pid))
             except OSError:
                 pass
-    tmp = set(os.listdir(tempfile.gettempdir()))
+    # the harness keeps its files under trials/out/work; anything of ours in
+    # the temp dir (the machine may be shared: only sevpeb/qemu names)
+    tmp = {f for f in os.listdir(tempfile.gettempdir()) if f.startswith(("sevpeb", "qemu"))}
     return ns, procs, tmp
 
 
