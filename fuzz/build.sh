@@ -28,11 +28,12 @@ msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
 # The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
 clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
+clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/kvmodel -c fuzz/common/kvmodel/kvmodel_fuzz.c -o "$OUT/kvmodel_fuzz.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
     extra=()
     case $t in
-        seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" -ldl) ;;
+        seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
         qemustream) extra=("$SRC/SevPEBInspect/QemuStream.swift") ;;  # `import SevPEB` is this module
     esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \

@@ -11,6 +11,6 @@ public func fuzzQemuStream(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     do throws(InspectError) { try p.parse() } catch {
         if error.description.isEmpty { fuzzFail("an InspectError without a message") }
     }
-    _ = p.lines(maxRuns: 16)
+    _ = p.report.lines(maxRuns: 16)
     return 0
 }

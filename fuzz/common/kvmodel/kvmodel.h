@@ -19,4 +19,9 @@ static inline int kvmodel_memslot(int fd, uint32_t slot, uint64_t base_gfn, uint
     struct kvm_userspace_memory_region r = { slot, 0, base_gfn << 12, npages << 12, 0 };
     return ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r);
 }
+
+
+/* First i < npages where the model's bit of gfn + i differs from bit i of
+ * bits (LSB first; bits NULL: all 1), or -1. kvmodel_fuzz.c, no coverage. */
+int64_t kvmodel_diff(int fd, uint64_t gfn, uint64_t npages, const uint8_t *bits);
 #endif
