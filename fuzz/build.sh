@@ -18,7 +18,10 @@ fi
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
 cp -r Sources/SevPEB Sources/CSevPEBShims "$SRC/"
-mkdir -p "$SRC/SevPEBInspect" && cp Sources/SevPEBInspect/QemuStream.swift "$SRC/SevPEBInspect/"
+# inspect's sources join the library's module in the qemustream target: rename
+# its own helpers that share a name with the library's internal ones
+cp -r Sources/SevPEBInspect "$SRC/"
+sed -i -E 's/\berrnoName\b/inspectErrnoName/g; s/\bhex\(/inspectHex(/g' "$SRC"/SevPEBInspect/*.swift
 mkdir -p "$SRC/CSevPEB/include"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
 csan=${SANITIZE/fuzzer/fuzzer-no-link}
@@ -34,7 +37,7 @@ for t in "${targets[@]}"; do
     extra=()
     case $t in
         seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
-        qemustream) extra=("$SRC/SevPEBInspect/QemuStream.swift") ;;  # `import SevPEB` is this module
+        qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
     esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
         -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
