@@ -18,6 +18,10 @@ fi
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
 cp -r Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash "$SRC/"
+# inspect's sources join the library's module in the qemustream target: rename
+# its own helpers that share a name with the library's internal ones
+cp -r Sources/SevPEBInspect "$SRC/"
+sed -i -E 's/\berrnoName\b/inspectErrnoName/g; s/\bhex\(/inspectHex(/g' "$SRC"/SevPEBInspect/*.swift
 mkdir -p "$SRC/CSevPEB/include"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
 csan=${SANITIZE/fuzzer/fuzzer-no-link}
@@ -27,11 +31,19 @@ msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
 # XXH3 (libxxhash-dev, inline): ASan, but no coverage (a library, not our code).
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/hash.c" -o "$OUT/hash.o"
+# The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
+clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
+clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/kvmodel -c fuzz/common/kvmodel/kvmodel_fuzz.c -o "$OUT/kvmodel_fuzz.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
+    extra=()
+    case $t in
+        seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
+        qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
+    esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
         -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
-        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/fuzz_model.o" \
-        -o "$OUT/$t" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2)
+        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/fuzz_model.o" "${extra[@]}" \
+        -o "$OUT/$t" 2> >(grep -v -e 'ld.gold: warning: Cannot export local symbol' -e 'ignoring import' >&2)
     echo "built $OUT/$t"
 done

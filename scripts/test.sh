@@ -8,7 +8,7 @@
 #   SEVPEB_FUZZ_SECONDS=600 bash scripts/test.sh   longer fuzzing
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-FUZZ_SECONDS=${SEVPEB_FUZZ_SECONDS:-45}
+FUZZ_SECONDS=${SEVPEB_FUZZ_SECONDS:-30}  # 7 targets: 3.5 min
 
 step "set-up: Debian and PyPI packages" bash -c 'source scripts/lib.sh; install_base_deps && install_py_deps'
 step "swift test (unit, model-based property tests, round trips, hostile input)" \
@@ -19,6 +19,8 @@ step "TSan: concurrency tests (swift test --sanitize=thread)" \
     swift test --sanitize=thread --scratch-path .build-tsan --filter Concurrency
 step "KVM layer: real /dev/kvm (VM level) and seed-dialect kernel model behind an ioctl interposer" \
     make kvm-check PREFIX="$SEVPEB_PREFIX"
+step "allocation failures: each library allocation failing in turn (plain + random, ASan+LSan)" \
+    make alloc-check PREFIX="$SEVPEB_PREFIX"
 step "CLI: encode / decode / dump" \
     bash scripts/cli-test.sh
 step "fuzzing: bounded libFuzzer runs (${FUZZ_SECONDS} s per target)" \

@@ -46,6 +46,38 @@ def read_env_file(path):
     return env
 
 
+def leak_snapshot(*qemus):
+    """Network namespaces, running processes of the QEMU binaries under
+    test, and entries of the temp directory: compared before/after a run."""
+    import subprocess
+    import tempfile
+    ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")) - {""}
+    ns = {n.split()[0] for n in ns}
+    bins = {os.path.realpath(q) for q in qemus if q}
+    procs = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.path.realpath(f"/proc/{pid}/exe") in bins:
+                    procs.add(int(pid))
+            except OSError:
+                pass
+    # the harness keeps its files under trials/out/work; anything of ours in
+    # the temp dir (the machine may be shared: only sevpeb/qemu names)
+    tmp = {f for f in os.listdir(tempfile.gettempdir()) if f.startswith(("sevpeb", "qemu"))}
+    return ns, procs, tmp
+
+
+def leak_diff(before, after):
+    """What the run left behind (namespaces, QEMUs, temp files), or ''."""
+    out = []
+    for what, b, a in zip(("network namespaces", "QEMU processes", "temp files"), before, after):
+        new = sorted(str(x) for x in a - b)
+        if new:
+            out.append(f"{len(new)} {what}: {', '.join(new[:5])}")
+    return "; ".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -150,6 +182,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     hosts = Hosts()
     meta["ns"] = (hosts.ns["A"], hosts.ns["B"])
+    leaks_before = leak_snapshot(qemu, peer_qemu)
     results = []
     lvctx = None
     try:
@@ -215,6 +248,9 @@ def main():
             meta["libvirt_md"] = lv.markdown(lvctx, results)
         hosts.delete()
 
+    leaks = leak_diff(leaks_before, leak_snapshot(qemu, peer_qemu))
+    log(f"leak check: {leaks or 'no leaked network namespaces, QEMU processes or temp files'}", always=True)
+
     pics, why = report.pictures(results, args.out)
     if why:
         log(why, always=True)
@@ -223,7 +259,7 @@ def main():
     print(report.text_summary(results, meta))
     print(f"report: {path}" + (f" (+ {len(pics)} pictures)" if pics else ""))
     npass = sum(r.passed for r in results)
-    nfail = len(results) - npass
+    nfail = len(results) - npass + (1 if leaks else 0)
     if not peb:
         print("NOTE: QEMU under test has no sevpeb object; this was a plumbing run and counts as failed.")
         nfail += 1
