@@ -209,7 +209,7 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         // FORMAT.md: FILL npages > 0, malformed records are EBADMSG.
         var w = [UInt8]()
         func be(_ v: UInt64, _ n: Int) { for i in (0..<n).reversed() { w.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
-        w.append(0x01); be(0x5356_5042, 4); be(1, 2); w.append(12); w.append(0)
+        w.append(0x01); be(0x5356_5042, 4); be(UInt64(Wire.version), 2); w.append(12); w.append(0)
         w.append(0x02); be(1, 4); be(0, 8); be(100, 8)
         w.append(0x10); be(20, 8); be(0, 8); w.append(0)
         w.append(0xFF); be(0, 4)
