@@ -247,7 +247,7 @@ static psc_list typical_pscs(const layout *L)
 }
 
 /*
- * OVMF-like boot storm: ~19.5K page-state calls (domain.md §6: 19,479 page
+ * OVMF-like boot storm: ~19.5K page-state calls (docs/SOURCES.md §6: 19,479 page
  * encryption status hypercalls in one SEV boot, ~18K from OVMF's DMA
  * allocate/free), as allocate (shared) / free (private) pairs of 1..16
  * pages (mostly 1-4) in a 16 MiB DMA area below 16 MiB, up to 8 outstanding.
@@ -342,7 +342,7 @@ static void apply_random(sevpeb_tracker *t, unsigned long *m, const layout *L, u
 }
 
 /* ------------------------------------------------------------------------ */
-/* AMD's stream formats (domain.md §4.3, §4.5): faithful encoders            */
+/* AMD's stream formats (docs/SOURCES.md §4.3, §4.5): faithful encoders            */
 
 /*
  * v1 (branch sev-migration-v1): sent once at ram_save_complete:
@@ -388,7 +388,7 @@ static size_t amd_v1_encode(const layout *L, const unsigned long *m, uint8_t *ou
  * once at ram_save_complete as
  *   be64 page header | be32 RAM_SAVE_SHARED_REGIONS_LIST |
  *   per region: be32 CONT, be32 gfn_start, be32 gfn_end | be32 END
- * GFNs are truncated to 32 bits. The list model below follows domain.md
+ * GFNs are truncated to 32 bits. The list model below follows docs/SOURCES.md
  * §4.5: add ignores a range inside one entry, extends an entry whose
  * [start, end] holds the new start (no merge with later entries), else
  * inserts before the first entry ending at or after start; remove trims or
@@ -982,7 +982,7 @@ int main(int argc, char **argv)
         double kv = kvm_exit_ns(&k);
         js_begin("kvm_exit", "update", "KVM exit to userspace and back (KVM_EXIT_IO round trip, this host)", "ns");
         if (kv > 0) js_mmm("measured", k);
-        js_str("literature", "Sean Christopherson: ~10k-50k cycles per userspace round trip (domain.md section 6), i.e. ~4-20 us");
+        js_str("literature", "Sean Christopherson: ~10k-50k cycles per userspace round trip (docs/SOURCES.md section 6), i.e. ~4-20 us");
         js_end();
         if (kv > 0) show("kvm_exit", "ns", "KVM", k);
     }

@@ -204,7 +204,7 @@ def report(d, outpath):
              "the median. The peers: QEMU's own `util/bitmap.c` + `util/bitops.c` + `include/qemu/bitmap.h` "
              "from the Debian QEMU 10.0 source (the code AMD's patches used), compiled at bench time with "
              "`gcc -O2` and never committed; `memcpy` of the raw bitmap; AMD's two stream formats "
-             "(domain.md §4.3 raw bitmap per memslot, §4.5 list of 32-bit GFN ranges) from faithful "
+             "(docs/SOURCES.md §4.3 raw bitmap per memslot, §4.5 list of 32-bit GFN ranges) from faithful "
              "encoders in `bench/bench.c`. sevpeb is the shipped Embedded-Swift `libsevpeb.a`, "
              "linked through pkg-config.")
     L.append("")
@@ -228,7 +228,7 @@ def report(d, outpath):
              "64 MiB region at 300 MiB, 16 single pages uniformly random over the guest.")
     L.append("- **Boot storm**: 19,500 page-state calls, OVMF-like DMA allocate (shared) / free (private) "
              "pairs of 1-16 pages (mostly 1-4) in [16 MiB, 32 MiB), up to 8 outstanding "
-             "(domain.md §6: 19,479 such hypercalls per SEV boot).")
+             "(docs/SOURCES.md §6: 19,479 such hypercalls per SEV boot).")
     L.append("- **Worst case**: every page random (every 64 MiB chunk mixed, ~67 M shared runs).")
     L.append("- **16 TiB / 64 TiB**: the same layout and typical state, scaled.")
     L.append("")

@@ -300,7 +300,7 @@ SEVPEB_API int sevpeb_count_differences(sevpeb_tracker *a, sevpeb_tracker *b,
  * when an incoming migration commits its state. Called in the updating thread, without internal locks
  * held, before the update call returns: a VMM marks those RAM pages dirty
  * here so that their contents are sent again (closing the races of
- * domain.md section 7.1). Must not call sevpeb_tracker_destroy.
+ * docs/SOURCES.md section 7.1). Must not call sevpeb_tracker_destroy.
  */
 typedef void (*sevpeb_change_fn)(void *opaque, uint64_t gfn, uint64_t npages, int state);
 
@@ -554,7 +554,7 @@ SEVPEB_API int sevpeb_kvm_unbind(sevpeb_tracker *t);
 
 /* --- Upstream: KVM_HC_MAP_GPA_RANGE exits ------------------------------- */
 
-/** KVM_CAP_EXIT_HYPERCALL and the bit for KVM_HC_MAP_GPA_RANGE (domain.md section 3.2). */
+/** KVM_CAP_EXIT_HYPERCALL and the bit for KVM_HC_MAP_GPA_RANGE (docs/SOURCES.md section 3.2). */
 #define SEVPEB_KVM_CAP_EXIT_HYPERCALL   201u
 #define SEVPEB_KVM_EXIT_HYPERCALL_MASK  (1ull << SEVPEB_KVM_HC_MAP_GPA_RANGE)
 

@@ -4,7 +4,7 @@ import SevPEB
 /// enough to find and check the sev-page-enc-bitmap sections in it.
 ///
 /// Stream grammar (migration/savevm.c, migration/ram.c; research
-/// qemu-internals.md §1):
+/// docs/SOURCES.md §Q1):
 ///
 ///   be32 0x5145564d "QEVM" | be32 3
 ///   0x07 configuration: be32 len | machine name; then subsections, each

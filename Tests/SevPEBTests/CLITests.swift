@@ -3,7 +3,7 @@ import Testing
 @testable import SevPEB
 import SevPEBInspect
 
-/// Builds QEMU migration stream bytes (qemu-internals.md §1) for the
+/// Builds QEMU migration stream bytes (docs/SOURCES.md §Q1) for the
 /// inspector tests.
 struct StreamBuilder {
     var b: [UInt8] = []

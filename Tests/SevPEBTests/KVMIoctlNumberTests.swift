@@ -3,7 +3,7 @@ import Testing
 @testable import SevPEB
 
 /// Every ioctl number in KVM/IoctlNumbers.swift, pinned to the literal hex in
-/// research/domain.md (sections 2.1, 3.6, 3.8) and, where the Debian 6.1
+/// docs/SOURCES.md (sections 2.1, 3.6, 3.8) and, where the Debian 6.1
 /// <linux/kvm.h> has the ioctl, to the system header's own macro (the way
 /// vmm-sys-util's test_ioctl_macros pins its computed numbers).
 /// The ioctls the tests use to make their own VMs: test-only, so not in the
@@ -28,7 +28,7 @@ extension KVMIoctl {
         #expect(KVMIoctl.setUserMemoryRegion.rawValue == 0x4020_AE46)
         #expect(KVMIoctl.enableCap.rawValue == 0x4068_AEA3)
         #expect(KVMIoctl.x86SetMSRFilter.rawValue == 0x4188_AEC6)
-        #expect(KVMIoctl.setMemoryAttributes.rawValue == 0x4020_AED2)   // domain.md §3.6
+        #expect(KVMIoctl.setMemoryAttributes.rawValue == 0x4020_AED2)   // docs/SOURCES.md §3.6
     }
 
     @Test func upstreamNumbersMatchTheSystemHeader() {
@@ -42,7 +42,7 @@ extension KVMIoctl {
     }
 
     @Test func seedNumbersFromDomainMd() {
-        // domain.md §2.1: v6
+        // docs/SOURCES.md §2.1: v6
         #expect(SeedIoctl.v6Get.rawValue == 0x4018_AEC5)
         #expect(SeedIoctl.v6Set.rawValue == 0x4018_AEC6)
         #expect(SeedIoctl.v6Reset.rawValue == 0x0000_AEC7)
@@ -53,7 +53,7 @@ extension KVMIoctl {
         #expect(MemoryLayout<sevpeb_kvm_memory_attributes>.size == 32)
     }
 
-    /// domain.md §3.8: the seed numbers collide with upstream ioctls.
+    /// docs/SOURCES.md §3.8: the seed numbers collide with upstream ioctls.
     @Test func collisionTable() {
         #expect(SeedIoctl.v6Reset.rawValue == sevpeb_shim_sys_KVM_RESET_DIRTY_RINGS())   // bit-identical
         #expect(SeedIoctl.v6Set.nr == KVMIoctl.x86SetMSRFilter.nr)                       // same nr 0xc6,

@@ -8,7 +8,7 @@
  * 2. Answers ioctls on private "model" fds (memfds registered here) with a
  *    faithful model of the out-of-tree SEV page-encryption-bitmap kernel
  *    code, v6 (March 2020) and v8 (May 2020; v7..v9 share the ABI), written
- *    from the patch text quoted in /work/shared/research/domain.md section 2
+ *    from the patch text quoted in docs/SOURCES.md section 2
  *    and the list archive: struct kvm_page_enc_bitmap (24 bytes), copy_from_user
  *    / copy_to_user emulated with process_vm_readv/writev (a bad pointer gives
  *    EFAULT as in the kernel), kmalloc's 4 MiB limit (ENOMEM), the lazy (v6)
@@ -16,7 +16,7 @@
  *    clears bits and scans its source from index start_gfn; v8 SET copies
  *    whole longs to BIT_WORD(start_gfn); v8 SET with a NULL bitmap resets.
  * 3. Augments a REAL VM fd with KVM per-page memory attributes (Linux 6.8,
- *    domain.md section 3.6), which this host's VM types lack: only
+ *    docs/SOURCES.md section 3.6), which this host's VM types lack: only
  *    KVM_CHECK_EXTENSION(KVM_CAP_MEMORY_ATTRIBUTES) and
  *    KVM_SET_MEMORY_ATTRIBUTES are answered by the model; everything else
  *    goes to the kernel.
@@ -49,7 +49,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-/* ---- the seed ABI (domain.md section 2.1) -------------------------------- */
+/* ---- the seed ABI (docs/SOURCES.md section 2.1) -------------------------------- */
 struct kvm_page_enc_bitmap {
     __u64 start_gfn;
     __u64 num_pages;
@@ -64,7 +64,7 @@ struct kvm_page_enc_bitmap {
 #define V8_GET_PAGE_ENC_BITMAP   _IOW(KVMIO, 0xc6, struct kvm_page_enc_bitmap) /* 0x4018AEC6 */
 #define V8_SET_PAGE_ENC_BITMAP   _IOW(KVMIO, 0xc7, struct kvm_page_enc_bitmap) /* 0x4018AEC7 */
 
-/* ---- memory attributes (Linux 6.8, domain.md section 3.6) ---------------- */
+/* ---- memory attributes (Linux 6.8, docs/SOURCES.md section 3.6) ---------------- */
 struct model_memory_attributes {
     __u64 address, size, attributes, flags;
 };

@@ -70,7 +70,7 @@ char *spbshim_errbuf(void);
 /* ------------------------------------------------------------------------ */
 /* KVM layer (Sources/SevPEB/KVM). Structs and constants the Debian 6.1      */
 /* linux-libc-dev headers lack are defined here under sevpeb names, each    */
-/* citing /work/shared/research/domain.md; everything else comes from the   */
+/* citing docs/SOURCES.md; everything else comes from the   */
 /* system's <linux/kvm.h>. The ioctl numbers themselves are computed in     */
 /* Swift (KVM/IoctlNumbers.swift); the sevpeb_shim_sys_* functions below    */
 /* only expose the system header's own macros so a test can compare.        */
@@ -78,7 +78,7 @@ char *spbshim_errbuf(void);
 #include <linux/kvm.h>
 
 /*
- * Seed dialect argument (domain.md §2.1; v6 09/14, unchanged through v9):
+ * Seed dialect argument (docs/SOURCES.md §2.1; v6 09/14, unchanged through v9):
  * 24 bytes on 32- and 64-bit userspace. bit i of enc_bitmap = gfn
  * start_gfn + i, 1 = encrypted. Never merged, so no system header has it.
  */
@@ -92,7 +92,7 @@ struct sevpeb_kvm_page_enc_bitmap {
 };
 
 /*
- * Per-page memory attributes (Linux 6.8, commit 8e9009ca6d14; domain.md
+ * Per-page memory attributes (Linux 6.8, commit 5a475554db1e; docs/SOURCES.md
  * §3.6): KVM_SET_MEMORY_ATTRIBUTES _IOW(KVMIO, 0xd2, this) = 0x4020AED2.
  */
 struct sevpeb_kvm_memory_attributes {
@@ -101,8 +101,8 @@ struct sevpeb_kvm_memory_attributes {
     __u64 attributes;
     __u64 flags;
 };
-#define SEVPEB_KVM_CAP_MEMORY_ATTRIBUTES    233          /* domain.md §3.6 */
-#define SEVPEB_KVM_MEMORY_ATTRIBUTE_PRIVATE (1ULL << 3)  /* domain.md §3.6 */
+#define SEVPEB_KVM_CAP_MEMORY_ATTRIBUTES    233          /* docs/SOURCES.md §3.6 */
+#define SEVPEB_KVM_MEMORY_ATTRIBUTE_PRIVATE (1ULL << 3)  /* docs/SOURCES.md §3.6 */
 
 /* ioctl with no argument (_IO requests); returns the result or -errno. */
 static inline int sevpeb_shim_ioctl_none(int fd, unsigned long req)

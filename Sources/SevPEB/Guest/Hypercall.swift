@@ -1,7 +1,7 @@
 import CSevPEBShims
 import Synchronization
 
-/// KVM_HC_MAP_GPA_RANGE (Linux 5.14, commit 0dbb11230437; domain.md §3.1):
+/// KVM_HC_MAP_GPA_RANGE (Linux 5.14, commit 0dbb11230437; docs/SOURCES.md §3.1):
 /// a0 = gpa of the first page (4 KiB aligned), a1 = number of 4 KiB pages
 /// (> 0, no overflow), a2 = attributes: bits 3:0 preferred page size
 /// (0 = 4K, 1 = 2M, 2 = 1G; a hint only: a 4 KiB-aligned range is not

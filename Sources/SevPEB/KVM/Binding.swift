@@ -2,7 +2,7 @@ import CSevPEBShims
 import Synchronization
 
 /// Which kernel ABI a VM fd speaks for page-encryption state. The VMM picks
-/// it; sevpeb never guesses and never probes the seed numbers (domain.md
+/// it; sevpeb never guesses and never probes the seed numbers (docs/SOURCES.md
 /// §3.8: they now belong to other upstream ioctls).
 public enum KVMDialect: UInt32 {
     /// Merged Linux (5.14+): the guest's KVM_HC_MAP_GPA_RANGE reaches the VMM
@@ -11,7 +11,7 @@ public enum KVMDialect: UInt32 {
     /// kernel keeps no bitmap; the tracker is the truth.
     case upstream = 0
     /// Out-of-tree v6 (March 2020): the kernel keeps the bitmap; GET 0xc5,
-    /// SET 0xc6 (clears bits only), RESET 0xc7 (domain.md §2.1, §2.5).
+    /// SET 0xc6 (clears bits only), RESET 0xc7 (docs/SOURCES.md §2.1, §2.5).
     case seedV6 = 6
     /// Out-of-tree v7-v9 (April-December 2020): GET 0xc6, SET 0xc7 writes
     /// exact values in whole 64-bit words, SET with a NULL bitmap resets.

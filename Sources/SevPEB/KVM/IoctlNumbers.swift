@@ -4,10 +4,10 @@ import CSevPEBShims
 // _IOC parts and the size of its argument struct, after rust-vmm
 // kvm-ioctls' kvm_ioctls.rs. This is the only file that holds ioctl numbers;
 // Tests/SevPEBTests/KVMIoctlNumberTests.swift pins each one to the literal
-// hex in research/domain.md and to the system <linux/kvm.h> where it has it.
+// hex in docs/SOURCES.md and to the system <linux/kvm.h> where it has it.
 //
 // Several numbers in the 0xc5..0xc9 block were used by the out-of-tree SEV
-// migration series and now belong to other upstream ioctls (domain.md §3.8):
+// migration series and now belong to other upstream ioctls (docs/SOURCES.md §3.8):
 // 0xAEC7 is KVM_RESET_DIRTY_RINGS, 0x4018AEC6/0x4188AEC6 differ only in the
 // size field. The seed numbers are therefore internal to the KVM layer and
 // reachable only through a `SeedDialect` the VMM picked explicitly.
@@ -70,12 +70,12 @@ public enum KVMIoctl {
        seed v6 SET and v7-v9 GET; only the size field (0x188 vs 0x18) differs. */
     /// KVM_X86_SET_MSR_FILTER, `_IOW(KVMIO, 0xc6, struct kvm_msr_filter)` = 0x4188AEC6.
     public static let x86SetMSRFilter = IoctlRequest.iow(kvmio, 0xc6, kvm_msr_filter.self)
-    /* Available with KVM_CAP_MEMORY_ATTRIBUTES (Linux 6.8; domain.md §3.6). */
+    /* Available with KVM_CAP_MEMORY_ATTRIBUTES (Linux 6.8; docs/SOURCES.md §3.6). */
     /// KVM_SET_MEMORY_ATTRIBUTES, `_IOW(KVMIO, 0xd2, struct kvm_memory_attributes)` = 0x4020AED2.
     public static let setMemoryAttributes = IoctlRequest.iow(kvmio, 0xd2, sevpeb_kvm_memory_attributes.self)
 }
 
-/// The out-of-tree seed dialects' ioctls (domain.md §2.1). Internal: only
+/// The out-of-tree seed dialects' ioctls (docs/SOURCES.md §2.1). Internal: only
 /// SeedDialects.swift issues them, and only for a VM bound with that dialect.
 enum SeedIoctl {
     /* seed v6 dialect (March 2020), out-of-tree: opt-in only */
@@ -105,10 +105,10 @@ public enum KVMCap: UInt32 {
     /// KVM_CAP_DIRTY_LOG_RING 192 (Linux 5.11): where it exists, 0xAEC7 is
     /// KVM_RESET_DIRTY_RINGS, so the v6 RESET is refused.
     case dirtyLogRing = 192
-    /// KVM_CAP_EXIT_HYPERCALL 201 (Linux 5.14; domain.md §3.2). CHECK_EXTENSION
+    /// KVM_CAP_EXIT_HYPERCALL 201 (Linux 5.14; docs/SOURCES.md §3.2). CHECK_EXTENSION
     /// returns the mask of hypercalls that may exit.
     case exitHypercall = 201
-    /// KVM_CAP_MEMORY_ATTRIBUTES 233 (Linux 6.8; domain.md §3.6). CHECK_EXTENSION
+    /// KVM_CAP_MEMORY_ATTRIBUTES 233 (Linux 6.8; docs/SOURCES.md §3.6). CHECK_EXTENSION
     /// returns the supported attribute mask.
     case memoryAttributes = 233
     /// KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223 (Linux 6.0): the other dirty-ring

@@ -1,6 +1,6 @@
 import CSevPEBShims
 
-/// KVM per-page memory attributes (Linux 6.8, domain.md §3.6).
+/// KVM per-page memory attributes (Linux 6.8, docs/SOURCES.md §3.6).
 public enum MemoryAttributes {
     /// KVM_MEMORY_ATTRIBUTE_PRIVATE (1 << 3).
     public static let privateBit: UInt64 = SEVPEB_KVM_MEMORY_ATTRIBUTE_PRIVATE

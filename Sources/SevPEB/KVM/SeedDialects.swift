@@ -1,12 +1,12 @@
 import CSevPEBShims
 
-// The seed's out-of-tree kernel dialects (domain.md §2), behind the
+// The seed's out-of-tree kernel dialects (docs/SOURCES.md §2), behind the
 // `KVMDialect` the VMM picks in sevpeb_kvm_bind. Nothing here runs unless the
 // binding's dialect is .seedV6 or .seedV7to9, so an upstream VM never sees
 // 0x4018AEC5/0x4018AEC6/0xAEC7/0x4018AEC7.
 //
 // On top of either dialect sevpeb offers what Steve Rutherford asked for on
-// 2020-04-10 (domain.md §2.8): one "set exact values / reset" call, GET of
+// 2020-04-10 (docs/SOURCES.md §2.8): one "set exact values / reset" call, GET of
 // any range, the kernel's size, and the opt-in itself (the bind). It hides
 // each dialect's quirks:
 //   v6 SET only clears bits, and scans its source from index start_gfn

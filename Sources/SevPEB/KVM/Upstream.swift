@@ -1,7 +1,7 @@
 import CSevPEBShims
 
 /// Upstream KVM constants sevpeb uses (include/uapi/linux/kvm.h,
-/// arch/x86/include/uapi/asm/kvm_para.h; domain.md §3.1–§3.4).
+/// arch/x86/include/uapi/asm/kvm_para.h; docs/SOURCES.md §3.1–§3.4).
 public enum UpstreamKVM {
     /// KVM_EXIT_HYPERCALL 3.
     public static let exitHypercall: UInt32 = 3
@@ -120,7 +120,7 @@ extension KVMBinding {
     /// once, in addition, the MSR exits are routed (a Linux guest that sees
     /// MIGRATION_CONTROL starts issuing MAP_GPA_RANGE: arch/x86/kernel/kvm.c).
     /// Seed dialects: 0 (their kernels set their own bits; v9/v10 even used
-    /// bit 16 for KVM_FEATURE_SEV_LIVE_MIGRATION, domain.md §2.7).
+    /// bit 16 for KVM_FEATURE_SEV_LIVE_MIGRATION, docs/SOURCES.md §2.7).
     public func cpuidFeatures() -> UInt32 {
         guard let b = snapshot, b.dialect.seed == nil else { return 0 }
         let s = b.state
@@ -170,7 +170,7 @@ public enum KVMExits {
     /// the request is decoded strictly (`Tracker.mapGPARangeRet`) and
     /// `run->hypercall.ret` is always written: 0, or -KVM_EINVAL with nothing
     /// changed (KVM pre-zeroes ret only because QEMU <= 9.2 never wrote it,
-    /// domain.md §3.3). The VMM must then KVM_RUN again before saving vCPU
+    /// docs/SOURCES.md §3.3). The VMM must then KVM_RUN again before saving vCPU
     /// state: "KVM_EXIT_HYPERCALL requires userspace to do KVM_RUN before
     /// state save/restore, so that KVM can skip the hypercall instruction"
     /// (Documentation, Sean Christopherson, January 2025).
@@ -195,7 +195,7 @@ public enum KVMExits {
     /// other bits reserved. RDMSR returns the recorded value; WRMSR records
     /// it, or sets `error` = 1 (#GP) for reserved bits. One value per VM
     /// (the guest writes it from the boot CPU and clears it when a CPU goes
-    /// offline, domain.md §3.5); it travels in the migration stream.
+    /// offline, docs/SOURCES.md §3.5); it travels in the migration stream.
     /// - Returns: 1 handled, 0 not ours (other exit reason or MSR index).
     /// - Safety: `run` points at a whole struct kvm_run.
     public static func handleMSRExit(_ run: UnsafeMutablePointer<kvm_run>, _ tracker: Tracker) -> (handled: Bool, error: SevError?) {

@@ -134,7 +134,7 @@ public struct VMFD: RawRepresentable, Hashable {
     /// Set the attributes of a GPA range to exactly `attributes`.
     ///
     /// Kernel: KVM_SET_MEMORY_ATTRIBUTES (`_IOW(KVMIO, 0xd2, struct
-    /// kvm_memory_attributes)`, Linux 6.8, domain.md §3.6), api.rst 4.141:
+    /// kvm_memory_attributes)`, Linux 6.8, docs/SOURCES.md §3.6), api.rst 4.141:
     /// "KVM_SET_MEMORY_ATTRIBUTES allows userspace to set memory attributes
     /// for a range of guest physical memory." `address` and `size` must be
     /// page aligned and `size` non-zero; `attributes` must be a subset of
