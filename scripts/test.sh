@@ -33,9 +33,9 @@ step "patched QEMU: build or reuse from the cache" \
 step "benchmarks still run (quick mode; figures, not goals)" \
     bash bench/run.sh --quick
 step "QEMU-level tests (TCG): file/TCP migration, reset, hotplug, hostile streams, inspector" \
-    bash tests/qemu/run.sh
+    bash Tests/qemu/run.sh
 step "QEMU-level tests (-accel kvm): upstream cap + MSR filter, seed v6/v8 kernel models, v6 -> v8 migration" \
-    bash tests/qemu/run-kvm.sh
+    bash Tests/qemu/run-kvm.sh
 step "QMP client (qemu.qmp): self-test against a scripted server" \
     "$PYVENV/bin/python" trials/selftest_qmp.py
 step "cross-host trials: quick subset (network namespaces)" \

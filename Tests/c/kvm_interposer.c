@@ -20,7 +20,7 @@
  *    KVM_CHECK_EXTENSION(KVM_CAP_MEMORY_ATTRIBUTES) and
  *    KVM_SET_MEMORY_ATTRIBUTES are answered by the model; everything else
  *    goes to the kernel.
- * 4. QEMU mode (environment, for tests/qemu/test_kvm.py): KVMODEL_LOG=FILE
+ * 4. QEMU mode (environment, for Tests/qemu/test_kvm.py): KVMODEL_LOG=FILE
  *    appends one line per ioctl on the VM fd QEMU creates, and per ioctl of
  *    type 0xAE with nr 0xc5..0xc9 on any fd; KVMODEL_QEMU=6|8 gives that
  *    real VM fd the v6 / v8 kernel model (its GET/SET/RESET answered by the

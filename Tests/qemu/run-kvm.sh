@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# tests/qemu/run-kvm.sh - QEMU-level tests of the KVM path (-accel kvm):
+# Tests/qemu/run-kvm.sh - QEMU-level tests of the KVM path (-accel kvm):
 # upstream cap + MSR filter + migration, the seed dialects against the kernel
 # models of Tests/c/kvm_interposer.c, a seed dialect on a plain kernel.
 # Skips with a message where /dev/kvm is absent.
 #
 # Builds (or reuses) the patched QEMU with scripts/build-qemu.sh, then runs
-# tests/qemu/test_kvm.py against it. Extra arguments are test names.
+# Tests/qemu/test_kvm.py against it. Extra arguments are test names.
 # Prints "N passed, N failed" last and exits non-zero on failure.
 #
-# Environment: as tests/qemu/run.sh (SEVPEB_CACHE, SEVPEB_QEMU_ENV).
+# Environment: as Tests/qemu/run.sh (SEVPEB_CACHE, SEVPEB_QEMU_ENV).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)

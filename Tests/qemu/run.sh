@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# tests/qemu/run.sh - QEMU-level tests of the sev-page-enc-bitmap object (TCG).
+# Tests/qemu/run.sh - QEMU-level tests of the sev-page-enc-bitmap object (TCG).
 #
 # Builds (or reuses) the patched QEMU with scripts/build-qemu.sh, then runs
-# tests/qemu/test_qemu.py against it. Extra arguments are test names.
+# Tests/qemu/test_qemu.py against it. Extra arguments are test names.
 # Prints "N passed, N failed" last and exits non-zero on failure.
 #
 # Environment: SEVPEB_CACHE (as build-qemu.sh); SEVPEB_QEMU_ENV=FILE to use
