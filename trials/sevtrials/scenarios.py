@@ -238,13 +238,18 @@ def reboot(ctx):
         done["at"] = round(st["elapsed"], 2)
         churn.stop()
         log(f"[reboot] system_reset on {src.name} mid-migration at {done['at']} s", always=True)
+        # Hold the migration back while the guest reboots: at the slow bandwidth it could
+        # converge during the wait, reach pre-switchover and stop the VM, and a stopped
+        # guest never boots again (seen on a loaded machine).
+        src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 * MiB, "downtime-limit": 1})
         done["private"], done["boot"] = _reset_and_reboot(src, st["t0"])
         churn.after_reset()
         churn.attach(src); churn.mark_boot(); churn.detach()     # the rebooted guest re-marks
         done["ev_mark"] = len(src.qmp.events)
         churn.start(src)
         # the reboot rewrites much of RAM: let the rest go at the normal bandwidth
-        src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": int(ctx.args.bandwidth * MiB)})
+        src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": int(ctx.args.bandwidth * MiB),
+                                                 "downtime-limit": 300})
 
     rec = migrate(src, dst, ctx.uri("B"), label="reboot mid-migration", churn=churn, pause=True,
                   bandwidth_mib=ctx.args.slow_bandwidth, hook=hook, timeout=ctx.args.mig_timeout)
