@@ -18,4 +18,7 @@ if [ -z "${SEVPEB_QEMU_ENV:-}" ]; then
     "$REPO/scripts/build-qemu.sh" >/dev/null
     SEVPEB_QEMU_ENV=$CACHE/current.env
 fi
-exec /usr/bin/python3 "$HERE/test_kvm.py" --env "$SEVPEB_QEMU_ENV" "$@"
+# The venv scripts/lib.sh fills (install_py_deps): the QMP client is qemu.qmp.
+PY=$CACHE/pyvenv/bin/python
+[ -x "$PY" ] || { echo "no $PY: run scripts/lib.sh's install_py_deps first" >&2; exit 1; }
+exec "$PY" "$HERE/test_kvm.py" --env "$SEVPEB_QEMU_ENV" "$@"
