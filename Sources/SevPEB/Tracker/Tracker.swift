@@ -277,8 +277,12 @@ public final class Tracker {
             changed = true
         } else {
             if whole {
+                // A mixed chunk can already hold `value` on every page (a
+                // shrink cut its other pages, or partial updates filled it):
+                // then making it uniform changes no page.
+                let ones = Bits.countOnes(block(g, bit), from: 0, to: len)
+                changed = ones != (value ? len : 0)
                 setUniform(g, bit, value)
-                changed = true  // conservatively: a mixed chunk made uniform
             } else {
                 changed = Bits.fill(block(g, bit), from: a, to: b, value: value)
             }
@@ -572,13 +576,17 @@ public final class Tracker {
                 for gi in 0..<sl.groupCount {
                     let g = sl.groups + gi
                     var touched = g.pointee.shared | g.pointee.mixed
-                    if touched == 0 { continue }
-                    any = true
                     while touched != 0 {
                         let bit = UInt64(touched.trailingZeroBitCount)
                         touched &= touched &- 1
+                        // A mixed block can hold no shared page (after a
+                        // shrink or partial updates): no page changes then.
+                        let c = UInt64(gi) &<< 6 | bit
+                        let len = Geometry.chunkLen(c, sl.pages)
+                        let wasPrivate = g.pointee.mixed & (1 &<< bit) != 0
+                            && Bits.countOnes(block(g, bit), from: 0, to: len) == len
                         setUniform(g, bit, true)
-                        markChanged(g, bit)
+                        if !wasPrivate { markChanged(g, bit); any = true }
                     }
                 }
                 if any { changedSlots.append((sl.base, sl.pages)) }
