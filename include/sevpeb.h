@@ -107,6 +107,18 @@ SEVPEB_API const char *sevpeb_strerror(int err);
  */
 SEVPEB_API const char *sevpeb_last_error(void);
 
+/*
+ * Errno lists: each function's comment lists every negative errno it can
+ * return (a test drives each function through its error paths and checks
+ * this). When several errors apply, the first in this order is returned:
+ * t == NULL, then the other arguments on their own (NULL pointers, flags,
+ * state, npages == 0: -EINVAL; a slot ending beyond SEVPEB_GFN_LIMIT:
+ * -ERANGE), then a buffer's size (-ENOSPC), then the arguments against
+ * the layout (-ERANGE, -ENOENT, -EEXIST), then resources (-ENOSPC for a
+ * full slot table, -ENOMEM). sevpeb_load_state reports the first fault in
+ * stream order.
+ */
+
 /* ======================================================================= */
 /* Tracker                                                                  */
 /* ======================================================================= */
@@ -211,7 +223,8 @@ SEVPEB_API int sevpeb_next_shared_run(sevpeb_tracker *t, uint64_t from_gfn,
  * Bits of the last byte above npages are left as they were in dst (like the
  * v6 kernel's partial-byte fix). dst_len must be >= (npages + 7) / 8.
  * Returns 0; -EINVAL (dst NULL, npages == 0); -ENOSPC (dst_len too
- * small); -ERANGE.
+ * small); -ERANGE. On failure dst is untouched (every check comes before
+ * the first byte is written).
  */
 SEVPEB_API int sevpeb_get_bitmap(sevpeb_tracker *t, uint64_t gfn, uint64_t npages,
                                  uint8_t *dst, size_t dst_len);
@@ -383,10 +396,16 @@ typedef int (*sevpeb_read_fn)(void *opaque, uint8_t *buf, size_t len);
 SEVPEB_API int sevpeb_save_setup(sevpeb_tracker *t, sevpeb_write_fn write, void *opaque);
 
 /**
- * Write one PART payload with what changed since it was last sent, at most
- * about max_bytes (one chunk record may exceed it; 0 = no limit).
+ * Write one PART payload with what changed since it was last sent, up to
+ * a byte budget of max_bytes (0 = no limit). The budget counts the state
+ * records (FILL, BITS, RUNS) only and is checked after each 64 MiB chunk:
+ * the payload stops after the first chunk that reaches it, so it can exceed
+ * the budget by one chunk record (up to ~2.1 KiB) plus the LAYOUT, CONTROL
+ * and END_OF_PAYLOAD records, which come on top (a budget of 20 gave a PART
+ * of 2,331 bytes).
  * Returns 1 if nothing is left to send, 0 if more remains, or a negative
- * errno (-EPROTO: no active save; the writer's error).
+ * errno (-EINVAL: t or write NULL; -EPROTO: no active save; the writer's
+ * error).
  */
 SEVPEB_API int sevpeb_save_iterate(sevpeb_tracker *t, sevpeb_write_fn write, void *opaque,
                                    uint64_t max_bytes);
@@ -401,7 +420,8 @@ SEVPEB_API uint64_t sevpeb_save_pending(sevpeb_tracker *t);
  * Write the END payload: everything still unsent, then FINAL (digest of
  * the whole state, page counts). With nothing changed since the last
  * iterate this adds at most 64 bytes. Call with updates stopped (VM
- * stopped). Returns 0 or a negative errno (-EPROTO: no active save).
+ * stopped). Returns 0 or a negative errno (-EINVAL: t or write NULL;
+ * -EPROTO: no active save; the writer's error).
  */
 SEVPEB_API int sevpeb_save_complete(sevpeb_tracker *t, sevpeb_write_fn write, void *opaque);
 
@@ -425,7 +445,8 @@ SEVPEB_API int sevpeb_save_get_stats(sevpeb_tracker *t, sevpeb_save_stats *st);
 
 /**
  * Begin an incoming migration: allocate nothing yet, forget any previous
- * uncommitted staging copy. Returns 0, -EBUSY or -EINVAL.
+ * uncommitted staging copy and any earlier failure. Returns 0 or -EINVAL
+ * (t NULL).
  */
 SEVPEB_API int sevpeb_load_setup(sevpeb_tracker *t);
 
@@ -436,9 +457,14 @@ SEVPEB_API int sevpeb_load_setup(sevpeb_tracker *t);
  * checks, the staging copy replaces the live state (layout must match the
  * tracker's own slots) and 1 is returned; otherwise 0 (more sections
  * expected). On any error nothing of the live state changes and further
- * sections are refused until sevpeb_load_setup.
- * Errors: -EPROTONOSUPPORT (version), -EBADMSG (bad magic, unknown or
- * misplaced record, reserved bits), -EMSGSIZE (a length over its bound),
+ * sections are refused until sevpeb_load_setup (-EBADMSG). A section
+ * after the commit (after the payload with FINAL) is refused with
+ * -EBADMSG and the committed state stays; a new incoming migration starts
+ * with sevpeb_load_setup.
+ * Errors: -EINVAL (t or read NULL), -EPROTONOSUPPORT (version),
+ * -EBADMSG (bad magic, unknown or misplaced record, reserved bits, a
+ * section after a failure or after the commit), -EMSGSIZE (a length over
+ * its bound),
  * -ERANGE (GFN range outside the declared layout), -EREMCHG (declared
  * layout differs from this tracker's), -EILSEQ (digest or count mismatch),
  * -ENODATA (stream truncated), -ENOMEM, or the reader's error.
