@@ -173,6 +173,31 @@ SEVPEB_API int sevpeb_slot_remove(sevpeb_tracker *t, uint64_t base_gfn);
  */
 SEVPEB_API int sevpeb_slot_resize(sevpeb_tracker *t, uint64_t base_gfn, uint64_t npages);
 
+/** One slot of a layout for sevpeb_set_layout. */
+typedef struct sevpeb_slot {
+    uint64_t base_gfn;
+    uint64_t npages;
+} sevpeb_slot;
+
+/**
+ * Set the whole layout to the count slots of slots[] (ascending base_gfn,
+ * not overlapping; count 0 removes every slot) in one step: concurrent
+ * calls see the old layout or the new one, never one in between (one lock
+ * hold). A slot whose base_gfn is in both layouts is resized (surviving
+ * pages keep their state); a new base_gfn is added (pages private); an old
+ * slot whose base_gfn is not in the new layout is removed, and its shared
+ * pages stay shared where the new layout covers them (so a slot merged with
+ * a neighbour keeps its shared pages). Each range made shared that way is
+ * reported to the change callback (SEVPEB_SHARED) after the call's lock is
+ * released; resizes, adds and removals are not reported.
+ * Returns 0; -EINVAL (t NULL, slots NULL with count > 0, npages == 0,
+ * base_gfn not ascending); -ERANGE (a slot ends beyond SEVPEB_GFN_LIMIT);
+ * -EEXIST (two slots overlap); -ENOSPC (count > SEVPEB_MAX_SLOTS): all
+ * checked before anything changes; -ENOMEM (the change may be partly
+ * applied: the tracker stays consistent, call again). Thread-safe.
+ */
+SEVPEB_API int sevpeb_set_layout(sevpeb_tracker *t, const sevpeb_slot *slots, uint32_t count);
+
 /** Number of slots (>= 0), or -EINVAL. */
 SEVPEB_API int sevpeb_slot_count(sevpeb_tracker *t);
 

@@ -87,6 +87,11 @@ import CSevPEB
         for (b, n): (UInt64, UInt64) in [(0, 0), (0, 1 << 53), (77, 10), (0, 9000), (0, 4096)] {
             rec("sevpeb_slot_resize", sevpeb_slot_resize(t, b, n)); rec("sevpeb_slot_resize", sevpeb_slot_resize(nil, b, n))
         }
+        for l: [sevpeb_slot] in [[.init(base_gfn: 0, npages: 0)], [.init(base_gfn: 9, npages: 1), .init(base_gfn: 0, npages: 1)],
+                                 [.init(base_gfn: 0, npages: 5), .init(base_gfn: 4, npages: 1)], [.init(base_gfn: 1 << 52, npages: 1)]] {
+            rec("sevpeb_set_layout", sevpeb_set_layout(t, l, UInt32(l.count)))
+        }
+        rec("sevpeb_set_layout", sevpeb_set_layout(t, nil, 1)); rec("sevpeb_set_layout", sevpeb_set_layout(nil, nil, 0))
         rec("sevpeb_slot_remove", sevpeb_slot_remove(t, 77)); rec("sevpeb_slot_remove", sevpeb_slot_remove(nil, 0))
         rec("sevpeb_slot_count", sevpeb_slot_count(nil))
         var g: UInt64 = 0, n: UInt64 = 0

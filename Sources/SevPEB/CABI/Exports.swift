@@ -55,6 +55,24 @@ public func sevpeb_slot_resize(_ t: OpaquePointer?, _ base: UInt64, _ npages: UI
 }
 
 @c @implementation
+public func sevpeb_set_layout(_ t: OpaquePointer?, _ slots: UnsafePointer<sevpeb_slot>?, _ count: UInt32) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            if count > 0 && slots == nil { throw SevError(EINVAL, "slots is NULL with count \(count)") }
+            var list: [Tracker.Slot] = []
+            if let slots, count > 0, count <= UInt32(Tracker.maxSlots) {
+                list.reserveCapacity(Int(count))
+                for i in 0..<Int(count) { list.append(Tracker.Slot(base: slots[i].base_gfn, pages: slots[i].npages)) }
+            } else if count > UInt32(Tracker.maxSlots) {
+                throw SevError(ENOSPC, "layout of \(count) slots exceeds \(Tracker.maxSlots)")
+            }
+            try h.tracker.setLayout(list)
+            return 0
+        }
+    }
+}
+
+@c @implementation
 public func sevpeb_slot_count(_ t: OpaquePointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.withLock { h.tracker.slotCount }) }
 }
