@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// Many vCPU threads update while the migration thread encodes and a
 /// destination decodes: the destination must equal the source's final state.

@@ -2,17 +2,16 @@ import Foundation
 import Testing
 import CSevPEB
 @testable import SevPEB
+import SevPEBInspect
 
 /// Every errno a C function returns is one its comment in include/sevpeb.h
 /// lists: the header is parsed, each function is driven through its error
 /// paths via the C ABI, and each returned errno is looked up in the list.
 @Suite struct ErrnoContractTests {
-    static let errnoValues: [String: Int32] = [
-        "EINVAL": EINVAL, "ERANGE": ERANGE, "EEXIST": EEXIST, "ENOSPC": ENOSPC, "ENOMEM": ENOMEM,
-        "ENOENT": ENOENT, "EBUSY": EBUSY, "EAGAIN": EAGAIN, "EPROTO": EPROTO, "EBADMSG": EBADMSG,
-        "EPROTONOSUPPORT": EPROTONOSUPPORT, "EMSGSIZE": EMSGSIZE, "EREMCHG": EREMCHG,
-        "EILSEQ": EILSEQ, "ENODATA": ENODATA, "EPIPE": EPIPE, "EIO": EIO,
-    ]
+    /// Every errno the library returns, by the one name table (SevPEBInspect).
+    static let errnoValues: [String: Int32] = Dictionary(uniqueKeysWithValues:
+        [EINVAL, ERANGE, EEXIST, ENOSPC, ENOMEM, ENOENT, EBUSY, EAGAIN, EPROTO, EBADMSG,
+         EPROTONOSUPPORT, EMSGSIZE, EREMCHG, EILSEQ, ENODATA, EIO].map { (SevPEBInspect.errnoName($0), $0) } + [("EPIPE", EPIPE)])
 
     /// function name -> errnos named (as -E...) in the comment just above
     /// its declaration, and whether it passes the callback's error through.
@@ -186,7 +185,7 @@ import CSevPEB
         seen.compactMap { f, e in
             guard let d = doc[f] else { return "\(f): not declared in the header" }
             if d.errnos.contains(e) || (d.passThrough && e == callbackErrno) { return nil }
-            let name = errnoValues.first { $0.value == e }?.key ?? "\(e)"
+            let name = SevPEBInspect.errnoName(e)
             return "\(f) returned -\(name), its comment lists \(d.errnos.sorted())"
         }
     }

@@ -3,6 +3,7 @@ import CSevPEBShims
 import Glibc
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// Unit tests of the seed-dialect plumbing that needs no kernel: the bit
 /// helpers behind the quirk hiding (against a naive model), the layout

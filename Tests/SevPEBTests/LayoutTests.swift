@@ -2,6 +2,7 @@ import Testing
 import CSevPEB
 import CSevPEBShims
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// sevpeb_set_layout against the same change applied slot by slot through
 /// the old calls, in the order patch 0003's sev_peb_set_layout applies it.

@@ -1,6 +1,7 @@
 import CSevPEBShims
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// Regressions found by the libFuzzer targets in fuzz/ (each names the
 /// target and what it reported). The crashing inputs are also kept in

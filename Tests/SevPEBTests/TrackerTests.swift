@@ -1,6 +1,7 @@
 import CSevPEBShims
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 @Suite struct TrackerTests {
     @Test func defaultsPrivateAndLayoutErrors() throws {

@@ -1,22 +1,7 @@
 import CSevPEBShims
 import Testing
 @testable import SevPEB
-
-/// A typical 1 TiB guest (the definition): memslots [0, 2 GiB) and
-/// [4 GiB, 1 TiB + 2 GiB); a 1 GiB bounce buffer in low memory, 64 per-vCPU
-/// pages spread through one 64 MiB region, 16 single pages scattered.
-func typicalGuest(_ t: Tracker) throws(SevError) {
-    let gib: UInt64 = 1 << 18
-    try t.addSlot(base: 0, pages: 2 * gib)
-    try t.addSlot(base: 4 * gib, pages: 1022 * gib)          // [4 GiB, 1 TiB + 2 GiB)
-    try t.setRange(gib - 1234, gib, private: false)            // bounce buffer, not chunk aligned
-    for i in 0..<64 { try t.setRange(4 * gib + 0x5000 + UInt64(i) * 256, 1, private: false) }
-    var rng = SeededRNG(seed: 16)
-    for _ in 0..<16 {                                          // uniformly over all 1 TiB of RAM
-        let r = rng.next() % (1024 * gib)
-        try t.setRange(r < 2 * gib ? r : 4 * gib + (r - 2 * gib), 1, private: false)
-    }
-}
+import SevPEBTestSupport
 
 func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
     let b = try Tracker.create()
