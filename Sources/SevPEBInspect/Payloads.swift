@@ -156,16 +156,9 @@ public func encodePayloads(_ t: Tracker) throws(SevError) -> EncodedPayloads {
     let s = try SaveSession.create()
     defer { s.cleanup() }
     var a = ArraySink(), b = ArraySink()
-    try withUnsafeMutablePointer(to: &a) { (p) throws(SevError) in try s.setup(t, PointerSink(p)) }
-    try withUnsafeMutablePointer(to: &b) { (p) throws(SevError) in try s.complete(t, PointerSink(p)) }
+    try s.setup(t, &a)
+    try s.complete(t, &b)
     return EncodedPayloads(start: a.bytes, end: b.bytes)
-}
-
-/// The encoder takes its sink by value; this forwards to an ArraySink in place.
-struct PointerSink: ByteSink {
-    let p: UnsafeMutablePointer<ArraySink>
-    init(_ p: UnsafeMutablePointer<ArraySink>) { self.p = p }
-    mutating func write(_ b: UnsafeRawBufferPointer) throws(SevError) { try p.pointee.write(b) }
 }
 
 // MARK: decode / dump

@@ -56,8 +56,8 @@ enum Vectors {
             try t.setRange(0x10, 4, private: false)
             let s = try SaveSession.create()
             let ch = Channel()
-            try ch.save { (k) throws(SevError) in try s.setup(t, k) }
-            try ch.save { (k) throws(SevError) in try s.complete(t, k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(t, &k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(t, &k) }
             r.append(("Vector 1", ch.payloads))
         }
         // Vector 2: two slots (the second above 4 GiB), a whole shared chunk,
@@ -73,10 +73,10 @@ enum Vectors {
             try t.setBitmap(0x100000, 200, &b, b.count)
             let s = try SaveSession.create()
             let ch = Channel()
-            try ch.save { (k) throws(SevError) in try s.setup(t, k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(t, &k) }
             try t.setRange(0x4000, 1, private: true)
-            try ch.save { (k) throws(SevError) in _ = try s.iterate(t, k, budget: 0) }
-            try ch.save { (k) throws(SevError) in try s.complete(t, k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in _ = try s.iterate(t, &k, budget: 0) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(t, &k) }
             r.append(("Vector 2", ch.payloads))
         }
         return r

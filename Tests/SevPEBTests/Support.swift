@@ -5,19 +5,12 @@ func errno(of body: () throws(SevError) -> Void) -> Int32 {
     do throws(SevError) { try body(); return 0 } catch { return error.code }
 }
 
-/// Adapts an inout ArraySink to the by-value ByteSink the encoder takes.
-struct SinkBox: ByteSink {
-    let p: UnsafeMutablePointer<ArraySink>
-    init(_ s: UnsafeMutablePointer<ArraySink>) { p = s }
-    mutating func write(_ b: UnsafeRawBufferPointer) throws(SevError) { try p.pointee.write(b) }
-}
-
 /// Collects each payload separately.
 final class Channel {
     var payloads: [[UInt8]] = []
-    func save(_ body: (SinkBox) throws(SevError) -> Void) throws(SevError) {
+    func save(_ body: (inout ArraySink) throws(SevError) -> Void) throws(SevError) {
         var sink = ArraySink()
-        try withUnsafeMutablePointer(to: &sink) { (p) throws(SevError) in try body(SinkBox(p)) }
+        try body(&sink)
         payloads.append(sink.bytes)
     }
     /// Load every payload in order; returns the load results.

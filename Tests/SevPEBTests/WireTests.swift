@@ -16,8 +16,8 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         let dst = try sameLayout(src)
         let s = try SaveSession.create(), l = try LoadSession.create()
         let ch = Channel()
-        try ch.save { (k) throws(SevError) in try s.setup(src, k) }
-        try ch.save { (k) throws(SevError) in try s.complete(src, k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(src, &k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(src, &k) }
         #expect(ch.payloads[0].count <= 4096, "full state of the typical 1 TiB guest: \(ch.payloads[0].count) bytes")
         print("typical 1 TiB guest: setup payload \(ch.payloads[0].count) bytes, complete \(ch.payloads[1].count) bytes")
         #expect(ch.payloads[1].count <= 64)
@@ -51,15 +51,15 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
             }
         }
         try churn(200)
-        try ch.save { (k) throws(SevError) in try s.setup(src, k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(src, &k) }
         for i in 0..<12 {
             try churn(50)
             if i == 5 { src.reset() }                           // a reboot mid-migration
             if i == 7 { try src.resizeSlot(base: 1 << 21, pages: 200_000) }
             if i == 8 { try src.resizeSlot(base: 1 << 21, pages: 310_000) }   // shrink then grow
-            try ch.save { (k) throws(SevError) in _ = try s.iterate(src, k, budget: 3000) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in _ = try s.iterate(src, &k, budget: 3000) }
         }
-        try ch.save { (k) throws(SevError) in try s.complete(src, k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(src, &k) }
         // The destination sees the final layout (a QEMU destination is started with it).
         try dst.resizeSlot(base: 1 << 21, pages: 310_000)
         l.setup()
@@ -74,9 +74,9 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         try typicalGuest(src)
         let s = try SaveSession.create()
         let ch = Channel()
-        try ch.save { (k) throws(SevError) in try s.setup(src, k) }
-        try ch.save { (k) throws(SevError) in #expect(try s.iterate(src, k, budget: 0)) }
-        try ch.save { (k) throws(SevError) in try s.complete(src, k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(src, &k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in #expect(try s.iterate(src, &k, budget: 0)) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(src, &k) }
         #expect(ch.payloads[2].count == Wire.finalBytes + 5)
         #expect(ch.payloads[1].count == 5)   // an empty PART is just END_OF_PAYLOAD
     }
@@ -90,8 +90,8 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         for i in 0..<50 { try a.setRange(UInt64(i) * 20000, 3, private: true) }
         let sa = try SaveSession.create(), sb = try SaveSession.create()
         let ca = Channel(), cb = Channel()
-        try ca.save { (k) throws(SevError) in try sa.setup(a, k) }
-        try cb.save { (k) throws(SevError) in try sb.setup(b, k) }
+        try ca.save { (k: inout ArraySink) throws(SevError) in try sa.setup(a, &k) }
+        try cb.save { (k: inout ArraySink) throws(SevError) in try sb.setup(b, &k) }
         #expect(ca.payloads[0].count == cb.payloads[0].count)
         #expect(a.checkInvariants() == nil)
     }
@@ -107,8 +107,8 @@ func sameLayout(_ a: Tracker) throws(SevError) -> Tracker {
         try src.setBitmap(40000, 1600, &b, b.count)
         let s = try SaveSession.create()
         let ch = Channel()
-        try ch.save { (k) throws(SevError) in try s.setup(src, k) }
-        try ch.save { (k) throws(SevError) in try s.complete(src, k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(src, &k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(src, &k) }
         return (src, ch.payloads)
     }
 

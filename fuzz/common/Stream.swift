@@ -17,8 +17,9 @@ enum Stream {
         let box = ByteBox()
         do throws(SevError) {
             let s = try SaveSession.create()
-            try s.setup(t, BoxSink(box: box))
-            try s.complete(t, BoxSink(box: box))
+            var sink = BoxSink(box: box)
+            try s.setup(t, &sink)
+            try s.complete(t, &sink)
             s.cleanup()
         } catch { fuzzFail("encode: \(error.message)") }
         return box.bytes

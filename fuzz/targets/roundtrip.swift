@@ -60,7 +60,8 @@ public func fuzzRoundtrip(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         }
     }
     let box = ByteBox()
-    do throws(SevError) { try ss.setup(src, BoxSink(box: box)) } catch { fuzzFail("setup: \(error.message)") }
+    var sink = BoxSink(box: box)
+    do throws(SevError) { try ss.setup(src, &sink) } catch { fuzzFail("setup: \(error.message)") }
     deliver(box.bytes, final: false)
     var steps = 0
     while !inp.isEmpty && steps < 200 {
@@ -69,7 +70,7 @@ public func fuzzRoundtrip(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         if k < 40 {
             box.bytes = []
             let budget = k & 1 == 0 ? 0 : UInt64(inp.u16())
-            do throws(SevError) { _ = try ss.iterate(src, BoxSink(box: box), budget: budget) } catch { fuzzFail("iterate: \(error.message)") }
+            do throws(SevError) { _ = try ss.iterate(src, &sink, budget: budget) } catch { fuzzFail("iterate: \(error.message)") }
             deliver(box.bytes, final: false)
         } else {
             let before = src.slotList
@@ -78,7 +79,7 @@ public func fuzzRoundtrip(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         }
     }
     box.bytes = []
-    do throws(SevError) { try ss.complete(src, BoxSink(box: box)) } catch { fuzzFail("complete: \(error.message)") }
+    do throws(SevError) { try ss.complete(src, &sink) } catch { fuzzFail("complete: \(error.message)") }
     ss.cleanup()
     deliver(box.bytes, final: true)
     expectEqual(src, d.m, "source after migration", digest: true)

@@ -230,7 +230,8 @@ public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ 
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let write else { throw SevError(EINVAL, "write callback is NULL") }
-            try h.save.setup(h.tracker, CWriter(fn: write, opaque: opaque))
+            var w = CWriter(fn: write, opaque: opaque)
+            try h.save.setup(h.tracker, &w)
             return 0
         }
     }
@@ -242,7 +243,8 @@ public func sevpeb_save_iterate(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, 
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let write else { throw SevError(EINVAL, "write callback is NULL") }
-            return try h.save.iterate(h.tracker, CWriter(fn: write, opaque: opaque), budget: maxBytes) ? 1 : 0
+            var w = CWriter(fn: write, opaque: opaque)
+            return try h.save.iterate(h.tracker, &w, budget: maxBytes) ? 1 : 0
         }
     }
 }
@@ -257,7 +259,8 @@ public func sevpeb_save_complete(_ t: OpaquePointer?, _ write: sevpeb_write_fn?,
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let write else { throw SevError(EINVAL, "write callback is NULL") }
-            try h.save.complete(h.tracker, CWriter(fn: write, opaque: opaque))
+            var w = CWriter(fn: write, opaque: opaque)
+            try h.save.complete(h.tracker, &w)
             return 0
         }
     }
