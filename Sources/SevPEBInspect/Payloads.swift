@@ -209,12 +209,11 @@ public func decodePayloads(_ bytes: [UInt8], from: Int = 0, recordEvents: Bool =
     let l: LoadSession
     do throws(SevError) {
         t = try Tracker.create()
-        l = try LoadSession.create()
+        l = try LoadSession.create(layoutFromStream: true)
     } catch {
         fatalError("sevpeb: out of memory: \(error.message)")
     }
     var r = DecodeResult(tracker: t)
-    l.layoutFromStream = true
     l.setup()
     var start = from
     var events: [RecordEvent] = []

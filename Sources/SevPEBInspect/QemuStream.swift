@@ -300,8 +300,7 @@ public final class QemuStreamParser {
         if t == QemuVM.sectionStart {
             if load != nil { throw InspectError("offset \(at): second \(Wire.idstr) START section") }
             do throws(SevError) {
-                let l = try LoadSession.create()
-                l.layoutFromStream = true
+                let l = try LoadSession.create(layoutFromStream: true)
                 l.setup()
                 load = l
                 ourTracker = try Tracker.create()

@@ -15,8 +15,7 @@ enum Vectors {
     /// Each payload of a stream, one record per line: offset, record name,
     /// then its bytes. Decoded in one session, as a destination would.
     static func annotate(_ payloads: [[UInt8]]) throws(SevError) -> [String] {
-        let l = try LoadSession.create()
-        l.layoutFromStream = true
+        let l = try LoadSession.create(layoutFromStream: true)
         var starts: [[(Int, String)]] = Array(repeating: [], count: payloads.count)
         l.observer = { p, at, r, _, _, _ in starts[p].append((at, "\(r.name)")) }
         l.setup()
@@ -110,8 +109,7 @@ enum Vectors {
     @Test func vectorsDecode() throws {
         for (title, ps) in try Vectors.all() {
             let t = try Tracker.create()
-            let l = try LoadSession.create()
-            l.layoutFromStream = true
+            let l = try LoadSession.create(layoutFromStream: true)
             l.setup()
             var committed = false
             for p in ps { var s = ArraySource(p); committed = try l.load(t, &s, version: 1) }

@@ -35,20 +35,20 @@ public final class LoadSession {
     public var observer: ((Int, Int, Wire.Record, UInt64, UInt64, UInt64) -> Void)? = nil
     /// Tools only (`sevpeb decode`): take the layout from the stream instead
     /// of checking it against the live tracker's; the live tracker's layout
-    /// is replaced at commit. A VMM never sets this.
-    public var layoutFromStream = false
+    /// is replaced at commit. A VMM never sets this. Fixed at creation.
+    public let layoutFromStream: Bool
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
-    private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>) {
-        self.scratch = scratch; self.runWords = runWords
+    private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>, layoutFromStream: Bool) {
+        self.scratch = scratch; self.runWords = runWords; self.layoutFromStream = layoutFromStream
     }
-    public static func create() throws(SevError) -> LoadSession {
+    public static func create(layoutFromStream: Bool = false) throws(SevError) -> LoadSession {
         guard let s = Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
         guard let w = Mem.calloc(Int(Wire.maxRecordPages) / 64 &+ 2, UInt64.self) else {
             Mem.free(s); throw .noMemory("decoder run buffer")
         }
-        return LoadSession(scratch: s, runWords: w)
+        return LoadSession(scratch: s, runWords: w, layoutFromStream: layoutFromStream)
     }
     deinit { Mem.free(scratch); Mem.free(runWords) }
 
