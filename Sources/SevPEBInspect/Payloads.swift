@@ -171,6 +171,27 @@ public struct RecordEvent: Equatable {
     public var record: Wire.Record
     public var a: UInt64, b: UInt64, c: UInt64
 
+    public init(payload: Int, offset: Int, fileOffset: Int, record: Wire.Record, a: UInt64, b: UInt64, c: UInt64) {
+        self.payload = payload; self.offset = offset; self.fileOffset = fileOffset
+        self.record = record; self.a = a; self.b = b; self.c = c
+    }
+
+    /// From the decoder's labelled record (a, b, c: its fields in wire order).
+    public init(payload: Int, offset: Int, fileOffset: Int, _ r: DecodedRecord) {
+        var f: (UInt64, UInt64, UInt64)
+        switch r {
+        case let .header(v, ps, fl): f = (v, ps, fl)
+        case let .layout(n): f = (n, 0, 0)
+        case let .control(v): f = (v, 0, 0)
+        case let .fill(g, n, st): f = (g, n, st)
+        case let .bits(g, n): f = (g, n, 0)
+        case let .runs(g, n, nr): f = (g, n, nr)
+        case let .final(d, p, sh): f = (d, p, sh)
+        case let .end(ck, pb): f = (ck, pb, 0)
+        }
+        self.init(payload: payload, offset: offset, fileOffset: fileOffset, record: r.record, a: f.0, b: f.1, c: f.2)
+    }
+
     /// "FILL gfn=0x3ffb2e npages=0x40000 state=0x0 (shared)"
     public var text: String {
         let name = "\(record.name)"
@@ -218,8 +239,8 @@ public func decodePayloads(_ bytes: [UInt8], from: Int = 0, recordEvents: Bool =
     var start = from
     var events: [RecordEvent] = []
     if recordEvents {
-        l.observer = { p, off, rec, a, b, c in
-            events.append(RecordEvent(payload: p, offset: off, fileOffset: start + off, record: rec, a: a, b: b, c: c))
+        l.observer = { p, off, rec in
+            events.append(RecordEvent(payload: p, offset: off, fileOffset: start + off, rec))
         }
     }
     defer { l.observer = nil }

@@ -310,7 +310,7 @@ public final class QemuStreamParser {
             throw InspectError("offset \(at): \(Wire.idstr) \(name) section before its START")
         }
         var final: (UInt64, UInt64, UInt64)? = nil
-        l.observer = { _, _, rec, a, b, c in if rec == .final { final = (a, b, c) } }
+        l.observer = { _, _, rec in if case let .final(d, p, sh) = rec { final = (d, p, sh) } }
         defer { l.observer = nil }
         let start = pos
         var src = ArraySource(b, offset: pos)

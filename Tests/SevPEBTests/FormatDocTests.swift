@@ -17,7 +17,7 @@ enum Vectors {
     static func annotate(_ payloads: [[UInt8]]) throws(SevError) -> [String] {
         let l = try LoadSession.create(layoutFromStream: true)
         var starts: [[(Int, String)]] = Array(repeating: [], count: payloads.count)
-        l.observer = { p, at, r, _, _, _ in starts[p].append((at, "\(r.name)")) }
+        l.observer = { p, at, r in starts[p].append((at, "\(r.record.name)")) }
         l.setup()
         let t = try Tracker.create()
         for p in payloads {
