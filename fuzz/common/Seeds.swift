@@ -59,8 +59,7 @@ enum Seeds {
                 }
                 if variant > 0 { scramble(variant * 12) }
                 if variant == 2 { try? t.setMigrationControl(1) }
-                let box = ByteBox()
-                var sink = BoxSink(box: box)
+                var sink = FuzzSink()
                 do throws(SevError) {
                     try ss.setup(t, &sink)
                     if variant == 2 {
@@ -71,7 +70,7 @@ enum Seeds {
                     }
                     try ss.complete(t, &sink)
                 } catch { fuzzFail("seed encode: \(error.message)") }
-                out.append(("stream-l\(k)-v\(variant)", [UInt8(k), UInt8(variant == 1 ? 3 : 0)] + box.bytes))
+                out.append(("stream-l\(k)-v\(variant)", [UInt8(k), UInt8(variant == 1 ? 3 : 0)] + sink.bytes))
             }
         }
         return out
