@@ -41,7 +41,10 @@ if !embedded {
             "SevPEB", "CSevPEB", "SevPEBInspect",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "SevPEBTests", dependencies: ["SevPEB", "CSevPEB", "CSevPEBShims", "SevPEBInspect"]),
+        // One SplitMix64, reference model, typical guest, errno table and hex for every test.
+        .target(name: "SevPEBTestSupport", dependencies: ["SevPEB", "SevPEBInspect"], path: "Tests/SevPEBTestSupport"),
+        .testTarget(name: "SevPEBTests",
+                    dependencies: ["SevPEB", "CSevPEB", "CSevPEBShims", "SevPEBInspect", "SevPEBTestSupport"]),
     ]
 }
 

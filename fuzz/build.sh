@@ -24,6 +24,9 @@ cp -r Sources/SevPEBInspect "$SRC/"
 sed -i -E 's/\berrnoName\b/inspectErrnoName/g; s/\bhex\(/inspectHex(/g' "$SRC"/SevPEBInspect/*.swift
 mkdir -p "$SRC/CSevPEB/include"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
+# sevpeb_shims.h includes the header as ../../../include/sevpeb.h (the repo
+# layout): give the snapshot the same shape.
+mkdir -p "$OUT/include" && cp include/sevpeb.h "$OUT/include/"
 csan=${SANITIZE/fuzzer/fuzzer-no-link}
 clang -O1 -g -fsanitize="$csan" -I "$SRC/CSevPEBShims/include" -c "$SRC/CSevPEBShims/shims.c" -o "$OUT/shims.o"
 # The reference model's byte loops: ASan, but no coverage (it is the oracle).

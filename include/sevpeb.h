@@ -107,6 +107,18 @@ SEVPEB_API const char *sevpeb_strerror(int err);
  */
 SEVPEB_API const char *sevpeb_last_error(void);
 
+/*
+ * Errno lists: each function's comment lists every negative errno it can
+ * return (a test drives each function through its error paths and checks
+ * this). When several errors apply, the first in this order is returned:
+ * t == NULL, then the other arguments on their own (NULL pointers, flags,
+ * state, npages == 0: -EINVAL; a slot ending beyond SEVPEB_GFN_LIMIT:
+ * -ERANGE), then a buffer's size (-ENOSPC), then the arguments against
+ * the layout (-ERANGE, -ENOENT, -EEXIST), then resources (-ENOSPC for a
+ * full slot table, -ENOMEM). sevpeb_load_state reports the first fault in
+ * stream order.
+ */
+
 /* ======================================================================= */
 /* Tracker                                                                  */
 /* ======================================================================= */
@@ -160,6 +172,31 @@ SEVPEB_API int sevpeb_slot_remove(sevpeb_tracker *t, uint64_t base_gfn);
  * into the next slot); -ENOMEM (state unchanged).
  */
 SEVPEB_API int sevpeb_slot_resize(sevpeb_tracker *t, uint64_t base_gfn, uint64_t npages);
+
+/** One slot of a layout for sevpeb_set_layout. */
+typedef struct sevpeb_slot {
+    uint64_t base_gfn;
+    uint64_t npages;
+} sevpeb_slot;
+
+/**
+ * Set the whole layout to the count slots of slots[] (ascending base_gfn,
+ * not overlapping; count 0 removes every slot) in one step: concurrent
+ * calls see the old layout or the new one, never one in between (one lock
+ * hold). A slot whose base_gfn is in both layouts is resized (surviving
+ * pages keep their state); a new base_gfn is added (pages private); an old
+ * slot whose base_gfn is not in the new layout is removed, and its shared
+ * pages stay shared where the new layout covers them (so a slot merged with
+ * a neighbour keeps its shared pages). Each range made shared that way is
+ * reported to the change callback (SEVPEB_SHARED) after the call's lock is
+ * released; resizes, adds and removals are not reported.
+ * Returns 0; -EINVAL (t NULL, slots NULL with count > 0, npages == 0,
+ * base_gfn not ascending); -ERANGE (a slot ends beyond SEVPEB_GFN_LIMIT);
+ * -EEXIST (two slots overlap); -ENOSPC (count > SEVPEB_MAX_SLOTS): all
+ * checked before anything changes; -ENOMEM (the change may be partly
+ * applied: the tracker stays consistent, call again). Thread-safe.
+ */
+SEVPEB_API int sevpeb_set_layout(sevpeb_tracker *t, const sevpeb_slot *slots, uint32_t count);
 
 /** Number of slots (>= 0), or -EINVAL. */
 SEVPEB_API int sevpeb_slot_count(sevpeb_tracker *t);
@@ -232,7 +269,8 @@ SEVPEB_API int64_t sevpeb_shared_runs(sevpeb_tracker *t, uint64_t from_gfn,
  * Bits of the last byte above npages are left as they were in dst (like the
  * v6 kernel's partial-byte fix). dst_len must be >= (npages + 7) / 8.
  * Returns 0; -EINVAL (dst NULL, npages == 0); -ENOSPC (dst_len too
- * small); -ERANGE.
+ * small); -ERANGE. On failure dst is untouched (every check comes before
+ * the first byte is written).
  */
 SEVPEB_API int sevpeb_get_bitmap(sevpeb_tracker *t, uint64_t gfn, uint64_t npages,
                                  uint8_t *dst, size_t dst_len);
@@ -404,10 +442,16 @@ typedef int (*sevpeb_read_fn)(void *opaque, uint8_t *buf, size_t len);
 SEVPEB_API int sevpeb_save_setup(sevpeb_tracker *t, sevpeb_write_fn write, void *opaque);
 
 /**
- * Write one PART payload with what changed since it was last sent, at most
- * about max_bytes (one chunk record may exceed it; 0 = no limit).
+ * Write one PART payload with what changed since it was last sent, up to
+ * a byte budget of max_bytes (0 = no limit). The budget counts the state
+ * records (FILL, BITS, RUNS) only and is checked after each 64 MiB chunk:
+ * the payload stops after the first chunk that reaches it, so it can exceed
+ * the budget by one chunk record (up to ~2.1 KiB) plus the LAYOUT, CONTROL
+ * and END_OF_PAYLOAD records, which come on top (a budget of 20 gave a PART
+ * of 2,331 bytes).
  * Returns 1 if nothing is left to send, 0 if more remains, or a negative
- * errno (-EPROTO: no active save; the writer's error).
+ * errno (-EINVAL: t or write NULL; -EPROTO: no active save; the writer's
+ * error).
  */
 SEVPEB_API int sevpeb_save_iterate(sevpeb_tracker *t, sevpeb_write_fn write, void *opaque,
                                    uint64_t max_bytes);
@@ -422,7 +466,8 @@ SEVPEB_API uint64_t sevpeb_save_pending(sevpeb_tracker *t);
  * Write the END payload: everything still unsent, then FINAL (digest of
  * the whole state, page counts). With nothing changed since the last
  * iterate this adds at most 64 bytes. Call with updates stopped (VM
- * stopped). Returns 0 or a negative errno (-EPROTO: no active save).
+ * stopped). Returns 0 or a negative errno (-EINVAL: t or write NULL;
+ * -EPROTO: no active save; the writer's error).
  */
 SEVPEB_API int sevpeb_save_complete(sevpeb_tracker *t, sevpeb_write_fn write, void *opaque);
 
@@ -446,7 +491,8 @@ SEVPEB_API int sevpeb_save_get_stats(sevpeb_tracker *t, sevpeb_save_stats *st);
 
 /**
  * Begin an incoming migration: allocate nothing yet, forget any previous
- * uncommitted staging copy. Returns 0, -EBUSY or -EINVAL.
+ * uncommitted staging copy and any earlier failure. Returns 0 or -EINVAL
+ * (t NULL).
  */
 SEVPEB_API int sevpeb_load_setup(sevpeb_tracker *t);
 
@@ -457,9 +503,14 @@ SEVPEB_API int sevpeb_load_setup(sevpeb_tracker *t);
  * checks, the staging copy replaces the live state (layout must match the
  * tracker's own slots) and 1 is returned; otherwise 0 (more sections
  * expected). On any error nothing of the live state changes and further
- * sections are refused until sevpeb_load_setup.
- * Errors: -EPROTONOSUPPORT (version), -EBADMSG (bad magic, unknown or
- * misplaced record, reserved bits), -EMSGSIZE (a length over its bound),
+ * sections are refused until sevpeb_load_setup (-EBADMSG). A section
+ * after the commit (after the payload with FINAL) is refused with
+ * -EBADMSG and the committed state stays; a new incoming migration starts
+ * with sevpeb_load_setup.
+ * Errors: -EINVAL (t or read NULL), -EPROTONOSUPPORT (version),
+ * -EBADMSG (bad magic, unknown or misplaced record, reserved bits, a
+ * section after a failure or after the commit), -EMSGSIZE (a length over
+ * its bound),
  * -ERANGE (GFN range outside the declared layout), -EREMCHG (declared
  * layout differs from this tracker's), -EILSEQ (digest or count mismatch),
  * -ENODATA (stream truncated), -ENOMEM, or the reader's error.

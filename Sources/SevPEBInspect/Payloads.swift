@@ -156,16 +156,9 @@ public func encodePayloads(_ t: Tracker) throws(SevError) -> EncodedPayloads {
     let s = try SaveSession.create()
     defer { s.cleanup() }
     var a = ArraySink(), b = ArraySink()
-    try withUnsafeMutablePointer(to: &a) { (p) throws(SevError) in try s.setup(t, PointerSink(p)) }
-    try withUnsafeMutablePointer(to: &b) { (p) throws(SevError) in try s.complete(t, PointerSink(p)) }
+    try s.setup(t, &a)
+    try s.complete(t, &b)
     return EncodedPayloads(start: a.bytes, end: b.bytes)
-}
-
-/// The encoder takes its sink by value; this forwards to an ArraySink in place.
-struct PointerSink: ByteSink {
-    let p: UnsafeMutablePointer<ArraySink>
-    init(_ p: UnsafeMutablePointer<ArraySink>) { self.p = p }
-    mutating func write(_ b: UnsafeRawBufferPointer) throws(SevError) { try p.pointee.write(b) }
 }
 
 // MARK: decode / dump
@@ -177,6 +170,27 @@ public struct RecordEvent: Equatable {
     public var fileOffset: Int    // in the file (payload start + offset)
     public var record: Wire.Record
     public var a: UInt64, b: UInt64, c: UInt64
+
+    public init(payload: Int, offset: Int, fileOffset: Int, record: Wire.Record, a: UInt64, b: UInt64, c: UInt64) {
+        self.payload = payload; self.offset = offset; self.fileOffset = fileOffset
+        self.record = record; self.a = a; self.b = b; self.c = c
+    }
+
+    /// From the decoder's labelled record (a, b, c: its fields in wire order).
+    public init(payload: Int, offset: Int, fileOffset: Int, _ r: DecodedRecord) {
+        var f: (UInt64, UInt64, UInt64)
+        switch r {
+        case let .header(v, ps, fl): f = (v, ps, fl)
+        case let .layout(n): f = (n, 0, 0)
+        case let .control(v): f = (v, 0, 0)
+        case let .fill(g, n, st): f = (g, n, st)
+        case let .bits(g, n): f = (g, n, 0)
+        case let .runs(g, n, nr): f = (g, n, nr)
+        case let .final(d, p, sh): f = (d, p, sh)
+        case let .end(ck, pb): f = (ck, pb, 0)
+        }
+        self.init(payload: payload, offset: offset, fileOffset: fileOffset, record: r.record, a: f.0, b: f.1, c: f.2)
+    }
 
     /// "FILL gfn=0x3ffb2e npages=0x40000 state=0x0 (shared)"
     public var text: String {
@@ -216,18 +230,17 @@ public func decodePayloads(_ bytes: [UInt8], from: Int = 0, recordEvents: Bool =
     let l: LoadSession
     do throws(SevError) {
         t = try Tracker.create()
-        l = try LoadSession.create()
+        l = try LoadSession.create(layoutFromStream: true)
     } catch {
         fatalError("sevpeb: out of memory: \(error.message)")
     }
     var r = DecodeResult(tracker: t)
-    l.layoutFromStream = true
     l.setup()
     var start = from
     var events: [RecordEvent] = []
     if recordEvents {
-        l.observer = { p, off, rec, a, b, c in
-            events.append(RecordEvent(payload: p, offset: off, fileOffset: start + off, record: rec, a: a, b: b, c: c))
+        l.observer = { p, off, rec in
+            events.append(RecordEvent(payload: p, offset: off, fileOffset: start + off, rec))
         }
     }
     defer { l.observer = nil }

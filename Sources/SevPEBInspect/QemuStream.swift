@@ -300,8 +300,7 @@ public final class QemuStreamParser {
         if t == QemuVM.sectionStart {
             if load != nil { throw InspectError("offset \(at): second \(Wire.idstr) START section") }
             do throws(SevError) {
-                let l = try LoadSession.create()
-                l.layoutFromStream = true
+                let l = try LoadSession.create(layoutFromStream: true)
                 l.setup()
                 load = l
                 ourTracker = try Tracker.create()
@@ -311,7 +310,7 @@ public final class QemuStreamParser {
             throw InspectError("offset \(at): \(Wire.idstr) \(name) section before its START")
         }
         var final: (UInt64, UInt64, UInt64)? = nil
-        l.observer = { _, _, rec, a, b, c in if rec == .final { final = (a, b, c) } }
+        l.observer = { _, _, rec in if case let .final(d, p, sh) = rec { final = (d, p, sh) } }
         defer { l.observer = nil }
         let start = pos
         var src = ArraySource(b, offset: pos)

@@ -1,6 +1,7 @@
 import CSevPEBShims
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 import SevPEBInspect
 
 /// Builds QEMU migration stream bytes (docs/SOURCES.md §Q1) for the

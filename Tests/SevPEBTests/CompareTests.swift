@@ -2,6 +2,7 @@ import CSevPEB
 import CSevPEBShims
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// countDifferences / sevpeb_count_differences: the migration path record
 /// compared with the live state.

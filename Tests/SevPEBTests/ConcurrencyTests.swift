@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// Many vCPU threads update while the migration thread encodes and a
 /// destination decodes: the destination must equal the source's final state.
@@ -14,7 +15,7 @@ import Testing
         let dst = try sameLayout(src)
         let s = try SaveSession.create(), l = try LoadSession.create()
         let ch = Channel()
-        try ch.save { (k) throws(SevError) in try s.setup(src, k) }
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(src, &k) }
         let group = DispatchGroup()
         for th in 0..<8 {
             group.enter()
@@ -40,11 +41,11 @@ import Testing
         // The migration thread: iterate while the updaters run.
         var iterations = 0
         while group.wait(timeout: .now()) == .timedOut && iterations < 10_000 {
-            try ch.save { (k) throws(SevError) in _ = try s.iterate(src, k, budget: 4096) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in _ = try s.iterate(src, &k, budget: 4096) }
             iterations += 1
         }
         group.wait()
-        try ch.save { (k) throws(SevError) in try s.complete(src, k) }   // "VM stopped"
+        try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(src, &k) }   // "VM stopped"
         l.setup()
         let r = try ch.load(into: dst, l)
         #expect(r.last == true)

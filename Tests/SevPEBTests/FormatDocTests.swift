@@ -15,10 +15,9 @@ enum Vectors {
     /// Each payload of a stream, one record per line: offset, record name,
     /// then its bytes. Decoded in one session, as a destination would.
     static func annotate(_ payloads: [[UInt8]]) throws(SevError) -> [String] {
-        let l = try LoadSession.create()
-        l.layoutFromStream = true
+        let l = try LoadSession.create(layoutFromStream: true)
         var starts: [[(Int, String)]] = Array(repeating: [], count: payloads.count)
-        l.observer = { p, at, r, _, _, _ in starts[p].append((at, "\(r.name)")) }
+        l.observer = { p, at, r in starts[p].append((at, "\(r.record.name)")) }
         l.setup()
         let t = try Tracker.create()
         for p in payloads {
@@ -56,8 +55,8 @@ enum Vectors {
             try t.setRange(0x10, 4, private: false)
             let s = try SaveSession.create()
             let ch = Channel()
-            try ch.save { (k) throws(SevError) in try s.setup(t, k) }
-            try ch.save { (k) throws(SevError) in try s.complete(t, k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(t, &k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(t, &k) }
             r.append(("Vector 1", ch.payloads))
         }
         // Vector 2: two slots (the second above 4 GiB), a whole shared chunk,
@@ -73,10 +72,10 @@ enum Vectors {
             try t.setBitmap(0x100000, 200, &b, b.count)
             let s = try SaveSession.create()
             let ch = Channel()
-            try ch.save { (k) throws(SevError) in try s.setup(t, k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(t, &k) }
             try t.setRange(0x4000, 1, private: true)
-            try ch.save { (k) throws(SevError) in _ = try s.iterate(t, k, budget: 0) }
-            try ch.save { (k) throws(SevError) in try s.complete(t, k) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in _ = try s.iterate(t, &k, budget: 0) }
+            try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(t, &k) }
             r.append(("Vector 2", ch.payloads))
         }
         return r
@@ -110,8 +109,7 @@ enum Vectors {
     @Test func vectorsDecode() throws {
         for (title, ps) in try Vectors.all() {
             let t = try Tracker.create()
-            let l = try LoadSession.create()
-            l.layoutFromStream = true
+            let l = try LoadSession.create(layoutFromStream: true)
             l.setup()
             var committed = false
             for p in ps { var s = ArraySource(p); committed = try l.load(t, &s, version: 1) }

@@ -3,6 +3,7 @@ import CSevPEBShims
 import Glibc
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// Unit tests of the seed-dialect plumbing that needs no kernel: the layout
 /// stretches and the opt-in rules. (The bits at any offset go through the

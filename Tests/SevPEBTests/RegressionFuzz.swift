@@ -1,6 +1,7 @@
 import CSevPEBShims
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 /// Regressions found by the libFuzzer targets in fuzz/ (each names the
 /// target and what it reported). The crashing inputs are also kept in
@@ -32,7 +33,7 @@ import Testing
         let ss = try SaveSession.create(), ls = try LoadSession.create()
         ls.setup()
         let start = HookBox()
-        try ss.setup(src, HookSink(sink: start))
+        var hk1 = HookSink(sink: start); try ss.setup(src, &hk1)
         var r0 = ArraySource(start.bytes)
         #expect(try ls.load(dst, &r0, version: 1) == false)
         // Many mixed chunks, so the PART flushes its 16 KiB buffer several times.
@@ -50,11 +51,11 @@ import Testing
             try? dst.addSlot(base: 1 << 30, pages: 100)
             try? src.addSlot(base: 1 << 30, pages: 100)
         }
-        _ = try ss.iterate(src, HookSink(sink: part), budget: 0)
+        var hk2 = HookSink(sink: part); _ = try ss.iterate(src, &hk2, budget: 0)
         var r1 = ArraySource(part.bytes)
         #expect(throws: Never.self) { _ = try ls.load(dst, &r1, version: 1) }
         let end = HookBox()
-        try ss.complete(src, HookSink(sink: end))
+        var hk3 = HookSink(sink: end); try ss.complete(src, &hk3)
         var r2 = ArraySource(end.bytes)
         var committed = false
         #expect(throws: Never.self) { committed = try ls.load(dst, &r2, version: 1) }
@@ -74,8 +75,8 @@ import Testing
         try t.setRange(5, 3, private: true)     // block of all ones, still mixed
         _ = t.digest()                          // caches the block's hash
         let ss = try SaveSession.create()
-        try ss.setup(t, HookSink(sink: HookBox()))
-        _ = try ss.iterate(t, HookSink(sink: HookBox()), budget: 0)
+        var hk4 = HookSink(sink: HookBox()); try ss.setup(t, &hk4)
+        var hk5 = HookSink(sink: HookBox()); _ = try ss.iterate(t, &hk5, budget: 0)
         #expect(t.checkInvariants() == nil)
     }
 }

@@ -1,6 +1,7 @@
 import CSevPEBShims
 import Testing
 @testable import SevPEB
+import SevPEBTestSupport
 
 @Suite struct TrackerTests {
     @Test func defaultsPrivateAndLayoutErrors() throws {
@@ -169,6 +170,38 @@ import Testing
         try t.mapGPARange(gpa: 0x20000, npages: 2, attrs: 0)
         t.reset()
         #expect(box.calls.map { [$0.0, $0.1, UInt64(bitPattern: Int64($0.2))] } == [[10, 5, 0], [0x20, 2, 0], [0, 1 << 16, 1]])
+        t.setCallback(nil, nil)
+    }
+
+    /// The header promises a call "after every update that changed at least
+    /// one page". A shrink that cuts a chunk's shared pages leaves a block
+    /// whose surviving pages are all private: a whole-chunk update to private
+    /// (or a reset) then changes nothing and must not call back.
+    @Test func noCallbackForNoOpUpdateAfterShrink() throws {
+        let t = try Tracker.create()
+        try t.addSlot(base: 0, pages: 1024)
+        try t.setRange(100, 400, private: false)            // chunk 0 mixed: 0..99 private
+        try t.resizeSlot(base: 0, pages: 100)               // survivors all private
+        final class Box { var calls: [(UInt64, UInt64, Int32)] = [] }
+        let box = Box()
+        let cb: ChangeCallback = { op, g, n, s in
+            Unmanaged<Box>.fromOpaque(op!).takeUnretainedValue().calls.append((g, n, s))
+        }
+        t.setCallback(cb, Unmanaged.passUnretained(box).toOpaque())
+        #expect(try t.setRange(0, 100, private: true) == false)
+        t.reset()
+        #expect(box.calls.isEmpty)
+        // Negative control: the same update after a real change does call.
+        try t.setRange(5, 1, private: false)
+        #expect(try t.setRange(0, 100, private: true) == true)
+        #expect(box.calls.map { $0.2 } == [0, 1])
+        // Partial fills make a mixed block all private too.
+        try t.setRange(7, 1, private: false)
+        try t.setRange(7, 1, private: true)
+        box.calls.removeAll()
+        #expect(try t.setRange(0, 100, private: true) == false)
+        #expect(box.calls.isEmpty)
+        #expect(t.checkInvariants() == nil)
         t.setCallback(nil, nil)
     }
 

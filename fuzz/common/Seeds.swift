@@ -59,18 +59,18 @@ enum Seeds {
                 }
                 if variant > 0 { scramble(variant * 12) }
                 if variant == 2 { try? t.setMigrationControl(1) }
-                let box = ByteBox()
+                var sink = FuzzSink()
                 do throws(SevError) {
-                    try ss.setup(t, BoxSink(box: box))
+                    try ss.setup(t, &sink)
                     if variant == 2 {
                         for _ in 0..<3 {
                             scramble(5)
-                            _ = try ss.iterate(t, BoxSink(box: box), budget: 64)
+                            _ = try ss.iterate(t, &sink, budget: 64)
                         }
                     }
-                    try ss.complete(t, BoxSink(box: box))
+                    try ss.complete(t, &sink)
                 } catch { fuzzFail("seed encode: \(error.message)") }
-                out.append(("stream-l\(k)-v\(variant)", [UInt8(k), UInt8(variant == 1 ? 3 : 0)] + box.bytes))
+                out.append(("stream-l\(k)-v\(variant)", [UInt8(k), UInt8(variant == 1 ? 3 : 0)] + sink.bytes))
             }
         }
         return out

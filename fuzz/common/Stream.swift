@@ -1,27 +1,28 @@
 /// Class-backed byte sink: SaveSession takes its sink by value.
-final class ByteBox { var bytes: [UInt8] = []; var failAfter = -1 }
-
-struct BoxSink: ByteSink {
-    let box: ByteBox
+/// The fuzzers' sink, passed inout to the encoder: collects the bytes; with
+/// failAfter >= 0, fails a write that would pass that many bytes.
+struct FuzzSink: ByteSink {
+    var bytes: [UInt8] = []
+    var failAfter = -1
     mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError) {
-        if box.failAfter >= 0 && box.bytes.count + p.count > box.failAfter {
-            throw SevError(EIO, "test sink: write error after \(box.bytes.count) bytes")
+        if failAfter >= 0 && bytes.count + p.count > failAfter {
+            throw SevError(EIO, "test sink: write error after \(bytes.count) bytes")
         }
-        box.bytes.append(contentsOf: p)
+        bytes.append(contentsOf: p)
     }
 }
 
 enum Stream {
     /// setup + complete of `t` as one byte string (two payloads).
     static func encodeFull(_ t: Tracker) -> [UInt8] {
-        let box = ByteBox()
+        var sink = FuzzSink()
         do throws(SevError) {
             let s = try SaveSession.create()
-            try s.setup(t, BoxSink(box: box))
-            try s.complete(t, BoxSink(box: box))
+            try s.setup(t, &sink)
+            try s.complete(t, &sink)
             s.cleanup()
         } catch { fuzzFail("encode: \(error.message)") }
-        return box.bytes
+        return sink.bytes
     }
 
     /// Load payloads from `bytes` into `t` until commit, error or the end.

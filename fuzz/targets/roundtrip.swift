@@ -59,28 +59,28 @@ public func fuzzRoundtrip(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             expectEqual(dst, dstBefore!, "destination after a corrupted payload")
         }
     }
-    let box = ByteBox()
-    do throws(SevError) { try ss.setup(src, BoxSink(box: box)) } catch { fuzzFail("setup: \(error.message)") }
-    deliver(box.bytes, final: false)
+    var sink = FuzzSink()
+    do throws(SevError) { try ss.setup(src, &sink) } catch { fuzzFail("setup: \(error.message)") }
+    deliver(sink.bytes, final: false)
     var steps = 0
     while !inp.isEmpty && steps < 200 {
         steps += 1
         let k = inp.u8()
         if k < 40 {
-            box.bytes = []
+            sink.bytes = []
             let budget = k & 1 == 0 ? 0 : UInt64(inp.u16())
-            do throws(SevError) { _ = try ss.iterate(src, BoxSink(box: box), budget: budget) } catch { fuzzFail("iterate: \(error.message)") }
-            deliver(box.bytes, final: false)
+            do throws(SevError) { _ = try ss.iterate(src, &sink, budget: budget) } catch { fuzzFail("iterate: \(error.message)") }
+            deliver(sink.bytes, final: false)
         } else {
             let before = src.slotList
             d.step(table[Int(k) % table.count], &inp)
             if src.slotList != before { syncLayout() }
         }
     }
-    box.bytes = []
-    do throws(SevError) { try ss.complete(src, BoxSink(box: box)) } catch { fuzzFail("complete: \(error.message)") }
+    sink.bytes = []
+    do throws(SevError) { try ss.complete(src, &sink) } catch { fuzzFail("complete: \(error.message)") }
     ss.cleanup()
-    deliver(box.bytes, final: true)
+    deliver(sink.bytes, final: true)
     expectEqual(src, d.m, "source after migration", digest: true)
     if failed { return 0 }
     expectEqual(dst, d.m, "destination after migration", digest: true)

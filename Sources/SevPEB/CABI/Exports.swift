@@ -55,6 +55,24 @@ public func sevpeb_slot_resize(_ t: OpaquePointer?, _ base: UInt64, _ npages: UI
 }
 
 @c @implementation
+public func sevpeb_set_layout(_ t: OpaquePointer?, _ slots: UnsafePointer<sevpeb_slot>?, _ count: UInt32) -> Int32 {
+    withHandle(t, -EINVAL) { h in
+        cCall { () throws(SevError) -> Int32 in
+            if count > 0 && slots == nil { throw SevError(EINVAL, "slots is NULL with count \(count)") }
+            var list: [Tracker.Slot] = []
+            if let slots, count > 0, count <= UInt32(Tracker.maxSlots) {
+                list.reserveCapacity(Int(count))
+                for i in 0..<Int(count) { list.append(Tracker.Slot(base: slots[i].base_gfn, pages: slots[i].npages)) }
+            } else if count > UInt32(Tracker.maxSlots) {
+                throw SevError(ENOSPC, "layout of \(count) slots exceeds \(Tracker.maxSlots)")
+            }
+            try h.tracker.setLayout(list)
+            return 0
+        }
+    }
+}
+
+@c @implementation
 public func sevpeb_slot_count(_ t: OpaquePointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.withLock { h.tracker.slotCount }) }
 }
@@ -212,7 +230,8 @@ public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ 
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let write else { throw SevError(EINVAL, "write callback is NULL") }
-            try h.save.setup(h.tracker, CWriter(fn: write, opaque: opaque))
+            var w = CWriter(fn: write, opaque: opaque)
+            try h.save.setup(h.tracker, &w)
             return 0
         }
     }
@@ -224,7 +243,8 @@ public func sevpeb_save_iterate(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, 
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let write else { throw SevError(EINVAL, "write callback is NULL") }
-            return try h.save.iterate(h.tracker, CWriter(fn: write, opaque: opaque), budget: maxBytes) ? 1 : 0
+            var w = CWriter(fn: write, opaque: opaque)
+            return try h.save.iterate(h.tracker, &w, budget: maxBytes) ? 1 : 0
         }
     }
 }
@@ -239,7 +259,8 @@ public func sevpeb_save_complete(_ t: OpaquePointer?, _ write: sevpeb_write_fn?,
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let write else { throw SevError(EINVAL, "write callback is NULL") }
-            try h.save.complete(h.tracker, CWriter(fn: write, opaque: opaque))
+            var w = CWriter(fn: write, opaque: opaque)
+            try h.save.complete(h.tracker, &w)
             return 0
         }
     }

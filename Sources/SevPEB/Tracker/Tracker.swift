@@ -277,8 +277,12 @@ public final class Tracker {
             changed = true
         } else {
             if whole {
+                // A mixed chunk can already hold `value` on every page (a
+                // shrink cut its other pages, or partial updates filled it):
+                // then making it uniform changes no page.
+                let ones = Bits.countOnes(block(g, bit), from: 0, to: len)
+                changed = ones != (value ? len : 0)
                 setUniform(g, bit, value)
-                changed = true  // conservatively: a mixed chunk made uniform
             } else {
                 changed = Bits.fill(block(g, bit), from: a, to: b, value: value)
             }
@@ -306,40 +310,46 @@ public final class Tracker {
         var cb: ChangeCallback? = nil
         var cbOpaque: UnsafeMutableRawPointer? = nil
         let changed = try withLock { () throws(SevError) -> Bool in
-            // A range inside one slot needs only the slot lookup; checkRange
-            // (holes, overflow, messages) handles the rest.
-            let s0: Int
-            if n != 0, let s = slotIndex(containing: gfn), n <= slots![s].end &- gfn { s0 = s }
-            else { s0 = try checkRange(gfn, n) }
-            var any = false
-            let sl = slots![s0]
-            let rel = gfn &- sl.base
-            let c = rel &>> UInt64(Geometry.chunkShift)
-            if n <= UInt64(Geometry.chunkPages) && (rel &+ n &- 1) &>> UInt64(Geometry.chunkShift) == c
-                && n <= sl.pages &- rel {
-                // Fast path: one chunk of one slot (every hypercall-sized update).
-                let a = Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1))
-                let b = a &+ Int(truncatingIfNeeded: n)
-                if needsBlock(s0, c, a, b, value) && !materialize(s0, c) {
-                    throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
-                }
-                any = setChunkRange(s0, c, a, b, value)
-            } else {
-                // Pass 1: blocks for partial chunks (at most the first and last).
-                var oom = false
-                forEachSegment(gfn, n, s0) { s, c, a, b, _ in
-                    if !oom && needsBlock(s, c, a, b, value) && !materialize(s, c) { oom = true }
-                }
-                if oom { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
-                forEachSegment(gfn, n, s0) { s, c, a, b, _ in
-                    if setChunkRange(s, c, a, b, value) { any = true }
-                }
-            }
+            let any = try setRangeLocked(gfn, n, private: value)
             if any { cb = callback; cbOpaque = callbackOpaque }
             return any
         }
         if changed, let cb { cb(cbOpaque, gfn, n, value ? 1 : 0) }
         return changed
+    }
+
+    /// setRange's work; needs the lock, calls no callback.
+    func setRangeLocked(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
+        // A range inside one slot needs only the slot lookup; checkRange
+        // (holes, overflow, messages) handles the rest.
+        let s0: Int
+        if n != 0, let s = slotIndex(containing: gfn), n <= slots![s].end &- gfn { s0 = s }
+        else { s0 = try checkRange(gfn, n) }
+        var any = false
+        let sl = slots![s0]
+        let rel = gfn &- sl.base
+        let c = rel &>> UInt64(Geometry.chunkShift)
+        if n <= UInt64(Geometry.chunkPages) && (rel &+ n &- 1) &>> UInt64(Geometry.chunkShift) == c
+            && n <= sl.pages &- rel {
+            // Fast path: one chunk of one slot (every hypercall-sized update).
+            let a = Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1))
+            let b = a &+ Int(truncatingIfNeeded: n)
+            if needsBlock(s0, c, a, b, value) && !materialize(s0, c) {
+                throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
+            }
+            any = setChunkRange(s0, c, a, b, value)
+        } else {
+            // Pass 1: blocks for partial chunks (at most the first and last).
+            var oom = false
+            forEachSegment(gfn, n, s0) { s, c, a, b, _ in
+                if !oom && needsBlock(s, c, a, b, value) && !materialize(s, c) { oom = true }
+            }
+            if oom { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
+            forEachSegment(gfn, n, s0) { s, c, a, b, _ in
+                if setChunkRange(s, c, a, b, value) { any = true }
+            }
+        }
+        return any
     }
 
     /// State of one page: true = private.
@@ -431,22 +441,25 @@ public final class Tracker {
     /// The first maximal shared run ending after `from`, clipped to start at
     /// `from` or later; runs continue across slots that touch.
     public func nextSharedRun(from: UInt64) -> (gfn: UInt64, pages: UInt64)? {
-        withLock { () -> (gfn: UInt64, pages: UInt64)? in
-            if slotCount == 0 { return nil }
-            guard let start = findPage(from: from, value: false, stopAtHole: false) else { return nil }
-            // The run ends at the first private page or the first hole.
-            var end: UInt64
-            if let p = findPage(from: start, value: true, stopAtHole: true) {
-                end = p
-            } else {
-                // No private page before a hole or the end: the run ends at the
-                // end of the touching slots.
-                var s = slotIndex(containing: start)!
-                while s &+ 1 < slotCount && slots![s &+ 1].base == slots![s].end { s &+= 1 }
-                end = slots![s].end
-            }
-            return (start, end &- start)
+        withLock { nextSharedRunLocked(from: from) }
+    }
+
+    /// nextSharedRun's work; needs the lock.
+    func nextSharedRunLocked(from: UInt64) -> (gfn: UInt64, pages: UInt64)? {
+        if slotCount == 0 { return nil }
+        guard let start = findPage(from: from, value: false, stopAtHole: false) else { return nil }
+        // The run ends at the first private page or the first hole.
+        var end: UInt64
+        if let p = findPage(from: start, value: true, stopAtHole: true) {
+            end = p
+        } else {
+            // No private page before a hole or the end: the run ends at the
+            // end of the touching slots.
+            var s = slotIndex(containing: start)!
+            while s &+ 1 < slotCount && slots![s &+ 1].base == slots![s].end { s &+= 1 }
+            end = slots![s].end
         }
+        return (start, end &- start)
     }
 
     /// Copy [gfn, gfn+n) out as bits (1 = private) into dst (LSB-first bytes).
@@ -572,13 +585,17 @@ public final class Tracker {
                 for gi in 0..<sl.groupCount {
                     let g = sl.groups + gi
                     var touched = g.pointee.shared | g.pointee.mixed
-                    if touched == 0 { continue }
-                    any = true
                     while touched != 0 {
                         let bit = UInt64(touched.trailingZeroBitCount)
                         touched &= touched &- 1
+                        // A mixed block can hold no shared page (after a
+                        // shrink or partial updates): no page changes then.
+                        let c = UInt64(gi) &<< 6 | bit
+                        let len = Geometry.chunkLen(c, sl.pages)
+                        let wasPrivate = g.pointee.mixed & (1 &<< bit) != 0
+                            && Bits.countOnes(block(g, bit), from: 0, to: len) == len
                         setUniform(g, bit, true)
-                        markChanged(g, bit)
+                        if !wasPrivate { markChanged(g, bit); any = true }
                     }
                 }
                 if any { changedSlots.append((sl.base, sl.pages)) }
@@ -616,40 +633,43 @@ public final class Tracker {
     }
 
     public func addSlot(base: UInt64, pages: UInt64) throws(SevError) {
+        try withLock { () throws(SevError) in try addSlotLocked(base: base, pages: pages) }
+    }
+
+    /// addSlot's work; needs the lock.
+    func addSlotLocked(base: UInt64, pages: UInt64) throws(SevError) {
         try checkSlotArgs(base, pages)
-        try withLock { () throws(SevError) in
-            let i = firstSlotEndingAfter(base)
-            if i < slotCount && slots![i].base < base &+ pages {
-                let o = slots![i]
-                throw SevError(EEXIST, "slot gfn \(hex(base))..\(hex(base &+ pages)) overlaps slot \(hex(o.base))..\(hex(o.end))")
-            }
-            if slotCount >= Tracker.maxSlots { throw SevError(ENOSPC, "slot table full (\(Tracker.maxSlots) slots)") }
-            let ng = Int(truncatingIfNeeded: Geometry.groups(pages))
-            guard let groups = Mem.calloc(ng, Group.self) else { throw .noMemory("\(ng) groups for slot \(hex(base))") }
-            if slotCount == slotCap {
-                let newCap = max(8, slotCap &* 2)
-                guard let ns = Mem.calloc(newCap, SlotRec.self) else {
-                    Mem.free(groups)
-                    throw .noMemory("slot table")
-                }
-                if let old = slots {
-                    ns.update(from: old, count: slotCount)
-                    Mem.free(old)
-                }
-                memBytes &+= Mem.bytes(newCap &- slotCap, SlotRec.self)
-                slots = ns
-                slotCap = newCap
-            }
-            memBytes &+= Mem.bytes(ng, Group.self)
-            var j = slotCount
-            while j > i { slots![j] = slots![j &- 1]; j &-= 1 }
-            slots![i] = SlotRec(base: base, pages: pages, groups: groups, groupCount: ng)
-            slotCount &+= 1
-            // New pages are private; mark them changed so that a destination
-            // that saw an earlier slot at this base is told.
-            markAllChanged(i, fromChunk: 0)
-            layoutGeneration &+= 1
+        let i = firstSlotEndingAfter(base)
+        if i < slotCount && slots![i].base < base &+ pages {
+            let o = slots![i]
+            throw SevError(EEXIST, "slot gfn \(hex(base))..\(hex(base &+ pages)) overlaps slot \(hex(o.base))..\(hex(o.end))")
         }
+        if slotCount >= Tracker.maxSlots { throw SevError(ENOSPC, "slot table full (\(Tracker.maxSlots) slots)") }
+        let ng = Int(truncatingIfNeeded: Geometry.groups(pages))
+        guard let groups = Mem.calloc(ng, Group.self) else { throw .noMemory("\(ng) groups for slot \(hex(base))") }
+        if slotCount == slotCap {
+            let newCap = max(8, slotCap &* 2)
+            guard let ns = Mem.calloc(newCap, SlotRec.self) else {
+                Mem.free(groups)
+                throw .noMemory("slot table")
+            }
+            if let old = slots {
+                ns.update(from: old, count: slotCount)
+                Mem.free(old)
+            }
+            memBytes &+= Mem.bytes(newCap &- slotCap, SlotRec.self)
+            slots = ns
+            slotCap = newCap
+        }
+        memBytes &+= Mem.bytes(ng, Group.self)
+        var j = slotCount
+        while j > i { slots![j] = slots![j &- 1]; j &-= 1 }
+        slots![i] = SlotRec(base: base, pages: pages, groups: groups, groupCount: ng)
+        slotCount &+= 1
+        // New pages are private; mark them changed so that a destination
+        // that saw an earlier slot at this base is told.
+        markAllChanged(i, fromChunk: 0)
+        layoutGeneration &+= 1
     }
 
     func markAllChanged(_ s: Int, fromChunk c0: UInt64) {
@@ -682,95 +702,101 @@ public final class Tracker {
     }
 
     public func removeSlot(base: UInt64) throws(SevError) {
-        try withLock { () throws(SevError) in
-            guard let i = slotIndex(containing: base), slots![i].base == base else {
-                throw SevError(ENOENT, "no slot starts at gfn \(hex(base))")
-            }
-            freeSlotStorage(slots![i])
-            var j = i
-            while j &+ 1 < slotCount { slots![j] = slots![j &+ 1]; j &+= 1 }
-            slotCount &-= 1
-            layoutGeneration &+= 1
+        try withLock { () throws(SevError) in try removeSlotLocked(base: base) }
+    }
+
+    /// removeSlot's work; needs the lock.
+    func removeSlotLocked(base: UInt64) throws(SevError) {
+        guard let i = slotIndex(containing: base), slots![i].base == base else {
+            throw SevError(ENOENT, "no slot starts at gfn \(hex(base))")
         }
+        freeSlotStorage(slots![i])
+        var j = i
+        while j &+ 1 < slotCount { slots![j] = slots![j &+ 1]; j &+= 1 }
+        slotCount &-= 1
+        layoutGeneration &+= 1
     }
 
     public func resizeSlot(base: UInt64, pages: UInt64) throws(SevError) {
+        try withLock { () throws(SevError) in try resizeSlotLocked(base: base, pages: pages) }
+    }
+
+    /// resizeSlot's work; needs the lock.
+    func resizeSlotLocked(base: UInt64, pages: UInt64) throws(SevError) {
         try checkSlotArgs(base, pages)
-        try withLock { () throws(SevError) in
-            guard let i = slotIndex(containing: base), slots![i].base == base else {
-                throw SevError(ENOENT, "no slot starts at gfn \(hex(base))")
-            }
-            let old = slots![i]
-            if pages == old.pages { return }
-            if i &+ 1 < slotCount && base &+ pages > slots![i &+ 1].base {
-                let o = slots![i &+ 1]
-                throw SevError(EEXIST, "slot \(hex(base)) grown to \(pages) pages overlaps slot \(hex(o.base))..\(hex(o.end))")
-            }
-            let newChunks = Geometry.chunks(pages)
-            let ng = Int(truncatingIfNeeded: Geometry.groups(pages))
-            // The old boundary chunk keeps its block; its pages beyond the old
-            // end become private (grow) or are cut (shrink).
-            let boundary = (min(old.pages, pages) &- 1) &>> UInt64(Geometry.chunkShift)
-            if pages > old.pages {
-                // Growing a partial chunk that is uniform shared needs a block.
-                let g = group(i, boundary)
-                if old.pages & UInt64(Geometry.chunkPages &- 1) != 0,
-                   let u = uniformValue(g, boundary & 63), !u,
-                   !materialize(i, boundary) {
-                    throw .noMemory("chunk block for slot \(hex(base)) resize")
-                }
-            }
-            var groups = old.groups
-            if ng != old.groupCount {
-                guard let ngp = Mem.calloc(ng, Group.self) else { throw .noMemory("\(ng) groups for slot \(hex(base)) resize") }
-                // Free storage of groups that disappear.
-                if ng < old.groupCount {
-                    for gi in ng..<old.groupCount {
-                        let g = old.groups + gi
-                        freeGroupBlocks(g)
-                        dirtyChunks.wrappingAdd(-g.pointee.dirty.nonzeroBitCount, ordering: .relaxed)
-                    }
-                }
-                ngp.update(from: old.groups, count: min(ng, old.groupCount))
-                Mem.free(old.groups)
-                memBytes &+= Mem.bytes(ng, Group.self) &- Mem.bytes(old.groupCount, Group.self)
-                groups = ngp
-            }
-            slots![i].groups = groups
-            slots![i].groupCount = ng
-            slots![i].pages = pages
-            if pages < old.pages {
-                // Drop chunks past the new end within the last group.
-                let lastG = group(i, newChunks &- 1)
-                let live = newChunks & 63 == 0 ? ~UInt64(0) : ((1 &<< (newChunks & 63)) &- 1)
-                // Their blocks are the highest ranks of the compact array.
-                let keep = (lastG.pointee.mixed & live).nonzeroBitCount
-                let had = lastG.pointee.mixed.nonzeroBitCount
-                for r in keep..<had {
-                    Mem.free(lastG.pointee.blocks![r]); memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
-                    lastG.pointee.blocks![r] = nil
-                }
-                dirtyChunks.wrappingAdd(-(lastG.pointee.dirty & ~live).nonzeroBitCount, ordering: .relaxed)
-                lastG.pointee.mixed &= live; lastG.pointee.shared &= live
-                lastG.pointee.dirty &= live; lastG.pointee.hashOK &= live
-                if lastG.pointee.mixed == 0 { freeBlockArray(lastG) }
-                // Zero the padding of the new boundary chunk.
-                let bg = group(i, boundary)
-                if bg.pointee.mixed & (1 &<< (boundary & 63)) != 0 {
-                    let len = Geometry.chunkLen(boundary, pages)
-                    Bits.fill(block(bg, boundary & 63), from: len, to: Geometry.chunkPages, value: false)
-                }
-            } else {
-                let bg = group(i, boundary)
-                if bg.pointee.mixed & (1 &<< (boundary & 63)) != 0 {
-                    let from = Geometry.chunkLen(boundary, old.pages)
-                    let to = Geometry.chunkLen(boundary, pages)
-                    Bits.fill(block(bg, boundary & 63), from: from, to: to, value: true)
-                }
-            }
-            markAllChanged(i, fromChunk: boundary)
-            layoutGeneration &+= 1
+        guard let i = slotIndex(containing: base), slots![i].base == base else {
+            throw SevError(ENOENT, "no slot starts at gfn \(hex(base))")
         }
+        let old = slots![i]
+        if pages == old.pages { return }
+        if i &+ 1 < slotCount && base &+ pages > slots![i &+ 1].base {
+            let o = slots![i &+ 1]
+            throw SevError(EEXIST, "slot \(hex(base)) grown to \(pages) pages overlaps slot \(hex(o.base))..\(hex(o.end))")
+        }
+        let newChunks = Geometry.chunks(pages)
+        let ng = Int(truncatingIfNeeded: Geometry.groups(pages))
+        // The old boundary chunk keeps its block; its pages beyond the old
+        // end become private (grow) or are cut (shrink).
+        let boundary = (min(old.pages, pages) &- 1) &>> UInt64(Geometry.chunkShift)
+        if pages > old.pages {
+            // Growing a partial chunk that is uniform shared needs a block.
+            let g = group(i, boundary)
+            if old.pages & UInt64(Geometry.chunkPages &- 1) != 0,
+               let u = uniformValue(g, boundary & 63), !u,
+               !materialize(i, boundary) {
+                throw .noMemory("chunk block for slot \(hex(base)) resize")
+            }
+        }
+        var groups = old.groups
+        if ng != old.groupCount {
+            guard let ngp = Mem.calloc(ng, Group.self) else { throw .noMemory("\(ng) groups for slot \(hex(base)) resize") }
+            // Free storage of groups that disappear.
+            if ng < old.groupCount {
+                for gi in ng..<old.groupCount {
+                    let g = old.groups + gi
+                    freeGroupBlocks(g)
+                    dirtyChunks.wrappingAdd(-g.pointee.dirty.nonzeroBitCount, ordering: .relaxed)
+                }
+            }
+            ngp.update(from: old.groups, count: min(ng, old.groupCount))
+            Mem.free(old.groups)
+            memBytes &+= Mem.bytes(ng, Group.self) &- Mem.bytes(old.groupCount, Group.self)
+            groups = ngp
+        }
+        slots![i].groups = groups
+        slots![i].groupCount = ng
+        slots![i].pages = pages
+        if pages < old.pages {
+            // Drop chunks past the new end within the last group.
+            let lastG = group(i, newChunks &- 1)
+            let live = newChunks & 63 == 0 ? ~UInt64(0) : ((1 &<< (newChunks & 63)) &- 1)
+            // Their blocks are the highest ranks of the compact array.
+            let keep = (lastG.pointee.mixed & live).nonzeroBitCount
+            let had = lastG.pointee.mixed.nonzeroBitCount
+            for r in keep..<had {
+                Mem.free(lastG.pointee.blocks![r]); memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
+                lastG.pointee.blocks![r] = nil
+            }
+            dirtyChunks.wrappingAdd(-(lastG.pointee.dirty & ~live).nonzeroBitCount, ordering: .relaxed)
+            lastG.pointee.mixed &= live; lastG.pointee.shared &= live
+            lastG.pointee.dirty &= live; lastG.pointee.hashOK &= live
+            if lastG.pointee.mixed == 0 { freeBlockArray(lastG) }
+            // Zero the padding of the new boundary chunk.
+            let bg = group(i, boundary)
+            if bg.pointee.mixed & (1 &<< (boundary & 63)) != 0 {
+                let len = Geometry.chunkLen(boundary, pages)
+                Bits.fill(block(bg, boundary & 63), from: len, to: Geometry.chunkPages, value: false)
+            }
+        } else {
+            let bg = group(i, boundary)
+            if bg.pointee.mixed & (1 &<< (boundary & 63)) != 0 {
+                let from = Geometry.chunkLen(boundary, old.pages)
+                let to = Geometry.chunkLen(boundary, pages)
+                Bits.fill(block(bg, boundary & 63), from: from, to: to, value: true)
+            }
+        }
+        markAllChanged(i, fromChunk: boundary)
+        layoutGeneration &+= 1
     }
 
     // MARK: accounting

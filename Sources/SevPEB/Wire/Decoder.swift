@@ -25,30 +25,25 @@ public final class LoadSession {
     /// RUNS are expanded here as words (Bits works on UInt64), then stored
     /// into `scratch` as little-endian bytes: no memory is rebound.
     let runWords: UnsafeMutablePointer<UInt64>
-    /// Called after each record is read and checked (tools: `sevpeb dump`).
-    /// Arguments: payload index, record offset in the payload, the record,
-    /// and three fields whose meaning depends on the record:
-    /// HEADER (version, page_shift, flags), LAYOUT (nslots, 0, 0),
-    /// CONTROL (value, 0, 0), FILL (gfn, npages, state), BITS (gfn, npages,
-    /// 0), RUNS (gfn, npages, nruns), FINAL (digest, pages, shared),
-    /// END_OF_PAYLOAD (checksum, payload bytes, 0).
-    public var observer: ((Int, Int, Wire.Record, UInt64, UInt64, UInt64) -> Void)? = nil
+    /// Called after each record is read and checked (tools: `sevpeb dump`):
+    /// payload index, record offset in the payload, and the record's fields.
+    public var observer: ((_ payload: Int, _ offset: Int, _ record: DecodedRecord) -> Void)? = nil
     /// Tools only (`sevpeb decode`): take the layout from the stream instead
     /// of checking it against the live tracker's; the live tracker's layout
-    /// is replaced at commit. A VMM never sets this.
-    public var layoutFromStream = false
+    /// is replaced at commit. A VMM never sets this. Fixed at creation.
+    public let layoutFromStream: Bool
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
-    private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>) {
-        self.scratch = scratch; self.runWords = runWords
+    private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>, layoutFromStream: Bool) {
+        self.scratch = scratch; self.runWords = runWords; self.layoutFromStream = layoutFromStream
     }
-    public static func create() throws(SevError) -> LoadSession {
+    public static func create(layoutFromStream: Bool = false) throws(SevError) -> LoadSession {
         guard let s = Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
         guard let w = Mem.calloc(Int(Wire.maxRecordPages) / 64 &+ 2, UInt64.self) else {
             Mem.free(s); throw .noMemory("decoder run buffer")
         }
-        return LoadSession(scratch: s, runWords: w)
+        return LoadSession(scratch: s, runWords: w, layoutFromStream: layoutFromStream)
     }
     deinit { Mem.free(scratch); Mem.free(runWords) }
 
@@ -131,7 +126,7 @@ public final class LoadSession {
     public func cleanup() { staging = nil }
 
     @inline(__always) func emit(_ at: Int, _ r: Wire.Record, _ a: UInt64, _ b: UInt64, _ c: UInt64) {
-        if let o = observer { o(payloads &- 1, at, r, a, b, c) }
+        if let o = observer { o(payloads &- 1, at, DecodedRecord(r, a, b, c)) }
     }
 
     // MARK: records
@@ -317,5 +312,45 @@ public final class LoadSession {
         try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 8) }
         offset &+= 8
         return UInt64(bigEndian: v)
+    }
+}
+
+/// One record as the decoder read it, with its fields named (the observer's
+/// argument).
+public enum DecodedRecord: Equatable {
+    case header(version: UInt64, pageShift: UInt64, flags: UInt64)
+    case layout(slots: UInt64)
+    case control(value: UInt64)
+    case fill(gfn: UInt64, npages: UInt64, state: UInt64)
+    case bits(gfn: UInt64, npages: UInt64)
+    case runs(gfn: UInt64, npages: UInt64, runs: UInt64)
+    case final(digest: UInt64, pages: UInt64, shared: UInt64)
+    case end(checksum: UInt64, payloadBytes: UInt64)
+
+    init(_ r: Wire.Record, _ a: UInt64, _ b: UInt64, _ c: UInt64) {
+        switch r {
+        case .header: self = .header(version: a, pageShift: b, flags: c)
+        case .layout: self = .layout(slots: a)
+        case .control: self = .control(value: a)
+        case .fill: self = .fill(gfn: a, npages: b, state: c)
+        case .bits: self = .bits(gfn: a, npages: b)
+        case .runs: self = .runs(gfn: a, npages: b, runs: c)
+        case .final: self = .final(digest: a, pages: b, shared: c)
+        case .end: self = .end(checksum: a, payloadBytes: b)
+        }
+    }
+
+    /// The record type.
+    public var record: Wire.Record {
+        switch self {
+        case .header: return .header
+        case .layout: return .layout
+        case .control: return .control
+        case .fill: return .fill
+        case .bits: return .bits
+        case .runs: return .runs
+        case .final: return .final
+        case .end: return .end
+        }
     }
 }

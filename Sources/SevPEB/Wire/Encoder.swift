@@ -87,11 +87,12 @@ public final class SaveSession {
 
     /// Begin: write HEADER, LAYOUT, CONTROL and every chunk that is not
     /// uniformly private (the destination starts all private).
-    public func setup<S: ByteSink>(_ t: Tracker, _ sink: S) throws(SevError) {
+    public func setup<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
         if active { throw SevError(EBUSY, "an outgoing migration is already active") }
         if let why = t.migrationRefusal() { throw why }
         iterations = 0; setupBytes = 0; iterateBytes = 0; lastIterateBytes = 0; completeBytes = 0; records = 0
         var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
+        defer { sink = w.sink }   // the sink's state after the call, error or not
         try w.begin(.header, body: Wire.Record.header.fixedBodyBytes)
         w.be32(Wire.magic); w.be16(Wire.version); w.u8(Wire.pageShift); w.u8(0)
         try writeLayout(t, &w)
@@ -107,9 +108,10 @@ public final class SaveSession {
 
     /// One PART payload: what changed since last sent, up to ~budget bytes
     /// (0 = unlimited). Returns true when nothing is left to send.
-    public func iterate<S: ByteSink>(_ t: Tracker, _ sink: S, budget: UInt64) throws(SevError) -> Bool {
+    public func iterate<S: ByteSink>(_ t: Tracker, _ sink: inout S, budget: UInt64) throws(SevError) -> Bool {
         guard active else { throw SevError(EPROTO, "save_iterate without an active save_setup") }
         var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
+        defer { sink = w.sink }   // the sink's state after the call, error or not
         if t.currentLayoutGeneration != sentLayoutGeneration { try writeLayout(t, &w) }
         try writeControl(t, &w, force: false)
         // One ascending pass per payload (the decoder requires ascending,
@@ -128,9 +130,10 @@ public final class SaveSession {
 
     /// The END payload: everything unsent, then FINAL. With nothing changed
     /// since the last iterate: FINAL + END_OF_PAYLOAD = 26 bytes.
-    public func complete<S: ByteSink>(_ t: Tracker, _ sink: S) throws(SevError) {
+    public func complete<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
         guard active else { throw SevError(EPROTO, "save_complete without an active save_setup") }
         var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
+        defer { sink = w.sink }   // the sink's state after the call, error or not
         if t.currentLayoutGeneration != sentLayoutGeneration { try writeLayout(t, &w) }
         try writeControl(t, &w, force: false)
         if t.pendingChunks > 0 {
