@@ -32,6 +32,8 @@ echo "== stress under TSan: $TSAN_RUNS runs, library built with -sanitize=thread
 T="$OUT/tsan"; rm -rf "$T"; mkdir -p "$T/src/CSevPEB/include"
 cp -r Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash "$T/src/"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$T/src/CSevPEB/include/"
+# sevpeb_shims.h includes the header as ../../../include/sevpeb.h (the repo layout)
+mkdir -p "$T/include" && cp include/sevpeb.h "$T/include/"
 mapfile -t lib < <(find "$T/src/SevPEB" -name '*.swift' | sort)
 clang -O1 -g -fsanitize=thread -I "$T/src/CSevPEBShims/include" -c "$T/src/CSevPEBShims/shims.c" -o "$T/shims.o" &&
 clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/hash.c" -o "$T/hash.o" &&
