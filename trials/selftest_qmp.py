@@ -11,6 +11,7 @@ Run: <venv>/bin/python trials/selftest_qmp.py   (prints "qmp self-test: ok")
 """
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -84,7 +85,13 @@ def handle(c):
 
 def main():
     d = tempfile.mkdtemp(prefix="sevpeb-qmp-")
-    path = os.path.join(d, "qmp.sock")
+    try:
+        run(os.path.join(d, "qmp.sock"))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)     # no temp dir left behind (the trials' leak check)
+
+
+def run(path):
     ready = threading.Event()
     threading.Thread(target=serve, args=(path, ready), daemon=True).start()
     ready.wait(10)
