@@ -10,15 +10,5 @@
 #
 # Environment: as Tests/qemu/run.sh (SEVPEB_CACHE, SEVPEB_QEMU_ENV).
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-CACHE=${SEVPEB_CACHE:-/var/cache/sevpeb}
-
-if [ -z "${SEVPEB_QEMU_ENV:-}" ]; then
-    "$REPO/scripts/build-qemu.sh" >/dev/null
-    SEVPEB_QEMU_ENV=$CACHE/current.env
-fi
-# The venv scripts/lib.sh fills (install_py_deps): the QMP client is qemu.qmp.
-PY=$CACHE/pyvenv/bin/python
-[ -x "$PY" ] || { echo "no $PY: run scripts/lib.sh's install_py_deps first" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 exec "$PY" "$HERE/test_kvm.py" --env "$SEVPEB_QEMU_ENV" "$@"

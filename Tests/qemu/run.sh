@@ -9,17 +9,7 @@
 # an existing env file (QEMU=, QEMU_FW_DIRS=, QEMU_ANALYZE_MIGRATION=) and
 # skip the build.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-CACHE=${SEVPEB_CACHE:-/var/cache/sevpeb}
-
-if [ -z "${SEVPEB_QEMU_ENV:-}" ]; then
-    "$REPO/scripts/build-qemu.sh" >/dev/null
-    SEVPEB_QEMU_ENV=$CACHE/current.env
-fi
-# The venv scripts/lib.sh fills (install_py_deps): the QMP client is qemu.qmp.
-PY=$CACHE/pyvenv/bin/python
-[ -x "$PY" ] || { echo "no $PY: run scripts/lib.sh's install_py_deps first" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 rc=0
 if [ $# -eq 0 ]; then
     # KVM's guest interface under TCG (patch 0014): ~6 s

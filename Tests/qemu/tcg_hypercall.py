@@ -11,7 +11,7 @@ with the object but the CPUID bits off (EAX of 0x40000001 is 0).
 
 usage: tcg_hypercall.py QEMU FW_DIR...   (last line: N passed, N failed)
 """
-import json, os, socket, struct, subprocess, sys, tempfile, time
+import json, socket, struct, subprocess, sys, tempfile, time
 
 def bios():
     def mov(reg, v): return bytes([0x66, 0xb8 + reg]) + struct.pack('<I', v)

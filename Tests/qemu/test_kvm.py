@@ -16,7 +16,6 @@ killed, by PID.
 
 Usage: test_kvm.py --env CURRENT_ENV [TEST ...]
 """
-import argparse
 import os
 import re
 import shutil
@@ -24,11 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import QMPError, Qemu  # noqa: E402
-from test_qemu import (Env, check, free_port, query, read_env, set_shared,  # noqa: E402
+from test_qemu import (check, free_port, parse_args, query, read_env, run_tests, set_shared,  # noqa: E402
                        state_of, wait_migration, wait_status)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -280,44 +278,25 @@ def test_seed_on_plain_kernel(E):
 TESTS = [test_upstream, test_seed_v6_to_v8, test_seed_v8_to_v6, test_seed_on_plain_kernel]
 
 
+def dump_ioctls(q):
+    if hasattr(q, "rec"):
+        print(f"  --- {q.name} ioctls (tail) ---\n" + "\n".join(q.rec.lines()[-25:]))
+
+
 def main():
     global INTERPOSER
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--env", required=True)
-    ap.add_argument("--keep", action="store_true", help="keep the work directories")
-    ap.add_argument("tests", nargs="*")
-    args = ap.parse_args()
+    args = parse_args()
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         print("SKIP: /dev/kvm absent or not accessible: the -accel kvm tests did not run")
         print("0 passed, 0 failed (skipped)")
         return
     env = read_env(args.env)
     build_dir = tempfile.mkdtemp(prefix="sevpeb-kvm-interposer-")
-    INTERPOSER = build_interposer(build_dir)
-    tests = [t for t in TESTS if not args.tests or t.__name__ in args.tests
-             or t.__name__[5:] in args.tests]
-    passed = failed = 0
-    for t in tests:
-        workdir = tempfile.mkdtemp(prefix=f"sevpeb-{t.__name__[5:]}-")
-        E = Env(env, workdir)
-        t0 = time.monotonic()
-        try:
-            t(E)
-            passed += 1
-            print(f"PASS {t.__name__[5:]} ({time.monotonic() - t0:.1f}s)", flush=True)
-        except Exception:
-            failed += 1
-            print(f"FAIL {t.__name__[5:]} ({time.monotonic() - t0:.1f}s)", flush=True)
-            traceback.print_exc(limit=4)
-            for q in E.procs:
-                print(f"  --- {q.name} log (tail) ---\n{q.output()[-1200:]}")
-                if hasattr(q, "rec"):
-                    print(f"  --- {q.name} ioctls (tail) ---\n" + "\n".join(q.rec.lines()[-25:]))
-        finally:
-            E.cleanup()
-            if not args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
-    shutil.rmtree(build_dir, ignore_errors=True)
+    try:
+        INTERPOSER = build_interposer(build_dir)
+        passed, failed = run_tests(TESTS, args, env, dump=dump_ioctls)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 

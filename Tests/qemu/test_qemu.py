@@ -503,16 +503,19 @@ TESTS = [
 ]
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", required=True)
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
     ap.add_argument("tests", nargs="*")
-    args = ap.parse_args()
-    env = read_env(args.env)
-    from test_routing import ROUTING_TESTS  # page routing (imports this module's helpers)
-    TESTS.extend(ROUTING_TESTS)
-    tests = [t for t in TESTS if not args.tests or t.__name__ in args.tests
+    return ap.parse_args()
+
+
+def run_tests(all_tests, args, env, dump=lambda q: None):
+    """Run the tests named in args.tests (all when none), each in its own work
+    directory and Env; print PASS/FAIL lines, on failure each process's log tail
+    (and what dump(q) prints). Returns (passed, failed)."""
+    tests = [t for t in all_tests if not args.tests or t.__name__ in args.tests
              or t.__name__[5:] in args.tests]
     passed = failed = 0
     for t in tests:
@@ -529,10 +532,19 @@ def main():
             traceback.print_exc(limit=4)
             for q in E.procs:
                 print(f"  --- {q.name} log (tail) ---\n{q.output()[-1200:]}")
+                dump(q)
         finally:
             E.cleanup()
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
+    return passed, failed
+
+
+def main():
+    args = parse_args()
+    env = read_env(args.env)
+    from test_routing import ROUTING_TESTS  # page routing (imports this module's helpers)
+    passed, failed = run_tests(TESTS + ROUTING_TESTS, args, env)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
