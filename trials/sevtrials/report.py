@@ -375,13 +375,13 @@ def pictures(results, outdir):
         ax.set_xticklabels([t[1] for t in ticks], fontsize=7, rotation=30)
         ax.set_xlim(0, x * 1.22)
         ax.set_xlabel("guest physical address (slots side by side; holes between slots not to scale)", fontsize=9)
-        ax.legend(handles=[Patch(color="#3b4cc0", label="private (encrypted)"),
-                           Patch(color="#f4a582", label="shared: bar height = fraction of the pages "
-                                                       "under it that are shared (0-100 %)")],
-                  fontsize=8, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.2 - 0.35 / len(maps)), ncol=2)
+        # the legend below the axis label, in a strip of its own (never over the label)
+        fig.legend(handles=[Patch(color="#3b4cc0", label="private (encrypted)"),
+                            Patch(color="#f4a582", label="shared: bar height = fraction of the pages "
+                                                        "under it that are shared (0-100 %)")],
+                   fontsize=8, loc="lower center", ncol=2)
         ax.set_title("Guest memory map (page-encryption bitmap) before and after migration")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
         fn = "memory-map.png"
         fig.savefig(os.path.join(outdir, fn), dpi=110)
         plt.close(fig)
