@@ -74,7 +74,7 @@ public func sevpeb_set_layout(_ t: OpaquePointer?, _ slots: UnsafePointer<sevpeb
 
 @c @implementation
 public func sevpeb_slot_count(_ t: OpaquePointer?) -> Int32 {
-    withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.withLock { h.tracker.slotCount }) }
+    withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.slotCount) }
 }
 
 @c @implementation
@@ -83,10 +83,7 @@ public func sevpeb_slot_get(_ t: OpaquePointer?, _ index: UInt32, _ base: Unsafe
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let base, let npages else { throw SevError(EINVAL, "base_gfn or npages pointer is NULL") }
-            let tr = h.tracker
-            let r: Tracker.Slot? = tr.withLock {
-                Int(index) < tr.slotCount ? Tracker.Slot(base: tr.slots![Int(index)].base, pages: tr.slots![Int(index)].pages) : nil
-            }
+            let r = h.tracker.slot(at: Int(index))
             guard let r else { throw SevError(ENOENT, "slot index \(index) not below the slot count") }
             base.pointee = r.base; npages.pointee = r.pages
             return 0

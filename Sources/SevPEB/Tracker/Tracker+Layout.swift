@@ -14,12 +14,14 @@ extension Tracker {
     /// Errors: EINVAL (npages 0, bases not ascending), ERANGE (beyond the GFN
     /// limit), EEXIST (two new slots overlap), ENOSPC (more than maxSlots),
     /// all before anything changes; ENOMEM (the change may be partly applied).
-    public func setLayout(_ new: [Slot]) throws(SevError) {
+    /// `keepShared` false drops the rule: every new page starts private
+    /// (`applyLayout`).
+    public func setLayout(_ new: [Slot], keepShared: Bool = true) throws(SevError) {
         if new.count > Tracker.maxSlots {
             throw SevError(ENOSPC, "layout of \(new.count) slots exceeds \(Tracker.maxSlots)")
         }
         for i in 0..<new.count {
-            try checkSlotArgs(new[i].base, new[i].pages)
+            try Tracker.checkSlotArgs(new[i].base, new[i].pages)
             if i > 0 {
                 let p = new[i &- 1]
                 if new[i].base <= p.base {
@@ -32,43 +34,20 @@ extension Tracker {
         }
         var cb: PendingCallback = (nil, nil)
         var madeShared: [(UInt64, UInt64)] = []
-        try withLock { () throws(SevError) in
-            var old: [Slot] = []
-            old.reserveCapacity(slotCount)
-            for s in 0..<slotCount { old.append(Slot(base: slots![s].base, pages: slots![s].pages)) }
-            // Old slots that go: remember their shared pages, then remove.
-            var shared: [(UInt64, UInt64)] = []
-            for o in old where Tracker.find(new, o.base) == nil {
-                var from = o.base
-                let end = o.base &+ o.pages
-                while let r = nextSharedRunLocked(from: from), r.gfn < end {
-                    let e = min(r.gfn &+ r.pages, end)
-                    shared.append((r.gfn, e))
-                    from = e
-                }
-                try removeSlotLocked(base: o.base)
-            }
-            // Shrink first, so that a growing slot never meets an old neighbour.
-            for grow in [false, true] {
-                for o in old {
-                    guard let n = Tracker.find(new, o.base), n.pages != o.pages, (n.pages > o.pages) == grow else { continue }
-                    try resizeSlotLocked(base: n.base, pages: n.pages)
-                }
-            }
-            for n in new where Tracker.find(old, n.base) == nil {
-                try addSlotLocked(base: n.base, pages: n.pages)
-            }
-            for (a, b) in shared {
-                for n in new {
-                    let start = max(a, n.base), end = min(b, n.base &+ n.pages)
-                    if start < end, try setRangeLocked(start, end &- start, private: false) {
-                        madeShared.append((start, end &- start))
-                    }
-                }
-            }
-            if !madeShared.isEmpty { cb = (callback, callbackOpaque) }
+        try locked { (e) throws(SevError) in
+            try e.setLayout(new, keepShared: keepShared, &madeShared)
+            if !madeShared.isEmpty { cb = e.pendingCallback }
         }
         if let f = cb.0 { for (g, n) in madeShared { f(cb.1, g, n, 0) } }
+    }
+
+    /// Make the layout exactly `want` (ascending, non-overlapping): remove
+    /// slots not in it, resize slots with the same base, add new ones.
+    /// Surviving pages keep their state; new pages are private. Used by the
+    /// destination's staging copy for LAYOUT records. (`setLayout` without
+    /// the keep-shared rule.)
+    public func applyLayout(_ want: [Slot]) throws(SevError) {
+        try setLayout(want, keepShared: false)
     }
 
     /// The slot of an ascending list that starts at `base` (binary search).
@@ -79,5 +58,45 @@ extension Tracker {
             if list[mid].base < base { lo = mid &+ 1 } else { hi = mid }
         }
         return lo < list.count && list[lo].base == base ? list[lo] : nil
+    }
+}
+
+extension Engine {
+    /// Tracker.setLayout's work after its argument checks; appends the
+    /// ranges the keep-shared rule made shared to `madeShared`.
+    func setLayout(_ new: [Tracker.Slot], keepShared: Bool, _ madeShared: inout [(UInt64, UInt64)]) throws(SevError) {
+        var old: [Tracker.Slot] = []
+        old.reserveCapacity(slotCount)
+        for s in 0..<slotCount { old.append(Tracker.Slot(base: slots[s].base, pages: slots[s].pages)) }
+        // Old slots that go: remember their shared pages, then remove.
+        var shared: [(UInt64, UInt64)] = []
+        for o in old where Tracker.find(new, o.base) == nil {
+            var from = o.base
+            let end = o.base &+ o.pages
+            while keepShared, let r = nextSharedRun(from: from), r.gfn < end {
+                let e = min(r.gfn &+ r.pages, end)
+                shared.append((r.gfn, e))
+                from = e
+            }
+            try removeSlot(base: o.base)
+        }
+        // Shrink first, so that a growing slot never meets an old neighbour.
+        for grow in [false, true] {
+            for o in old {
+                guard let n = Tracker.find(new, o.base), n.pages != o.pages, (n.pages > o.pages) == grow else { continue }
+                try resizeSlot(base: n.base, pages: n.pages)
+            }
+        }
+        for n in new where Tracker.find(old, n.base) == nil {
+            try addSlot(base: n.base, pages: n.pages)
+        }
+        for (a, b) in shared {
+            for n in new {
+                let start = max(a, n.base), end = min(b, n.base &+ n.pages)
+                if start < end, try setRange(start, end &- start, private: false) {
+                    madeShared.append((start, end &- start))
+                }
+            }
+        }
     }
 }
