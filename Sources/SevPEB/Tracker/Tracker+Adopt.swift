@@ -5,15 +5,29 @@ extension Tracker {
     /// required), leaving `other` empty. The adopted state counts as sent
     /// (no dirty chunks). No change callback is made.
     public func adopt(_ other: Tracker) throws(SevError) {
-        let mine = slotList, theirs = other.slotList
-        if mine != theirs {
-            throw SevError(EREMCHG, "received layout (\(theirs.count) slots) differs from the destination's (\(mine.count) slots)")
+        // Compared under both locks, slot table against slot table (no
+        // Swift arrays: nothing here can fail to allocate).
+        try other.locked { (o) throws(SevError) in
+            try locked { (e) throws(SevError) in
+                if !e.sameLayout(o) {
+                    throw SevError(EREMCHG, "received layout (\(o.slotCount) slots) differs from the destination's (\(e.slotCount) slots)")
+                }
+                e.adopt(o)
+            }
         }
-        other.locked { o in locked { e in e.adopt(o) } }
     }
 }
 
 extension Engine {
+    /// Whether both engines hold the same slots.
+    func sameLayout(_ other: borrowing Engine) -> Bool {
+        if slotCount != other.slotCount { return false }
+        for s in 0..<slotCount where slots[s].base != other.slots[s].base || slots[s].pages != other.slots[s].pages {
+            return false
+        }
+        return true
+    }
+
     /// Tracker.adopt's work, with both locks held: free this engine's slot
     /// storage, then swap slot tables with `other` (which keeps this
     /// engine's emptied table).
