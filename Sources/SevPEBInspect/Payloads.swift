@@ -65,7 +65,7 @@ public func humanPages(_ p: UInt64) -> String {
 /// GPA of a GFN, human: "0x40000000 (1 GiB)".
 public func gpaLabel(_ gfn: UInt64) -> String {
     let gpa = gfn << 12
-    return "0x" + String(gpa, radix: 16) + (gpa == 0 ? "" : " (\(humanGPA(gpa)))")
+    return hex(gpa) + (gpa == 0 ? "" : " (\(humanGPA(gpa)))")
 }
 
 // MARK: building a state

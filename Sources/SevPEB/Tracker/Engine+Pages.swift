@@ -133,6 +133,7 @@ extension Engine {
 
     /// Copy [gfn, gfn+n) (arguments checked by the Tracker) out as bits
     /// (1 = private) into dst (LSB-first bytes).
+    // SAFETY: dst holds ceil(n/8) bytes (Tracker.getBitmap checked dstLen); blocks are read under the lock.
     func getBitmap(_ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>) throws(SevError) {
         let s0 = try checkRange(gfn, n)
         var sink = ByteBitSink(dst)
@@ -149,6 +150,7 @@ extension Engine {
 
     /// Set [gfn, gfn+n) to the exact bits of `source` (1 = private).
     /// Returns whether anything changed.
+    // SAFETY: source.p holds ceil(n/8) bytes; a whole word is loaded only while 64 bits of the segment remain, at byte offset o/8 < that size; blocks are written under the lock.
     func setBitmap(_ gfn: UInt64, _ n: UInt64, _ source: ByteBitSource) throws(SevError) -> Bool {
         let s0 = try checkRange(gfn, n)
         // Pass 1: blocks for every chunk whose new content is mixed or

@@ -6,6 +6,7 @@ import CSevPEBShims
 struct EngineState {
     /// The slot table, ascending by base: `slotCap` entries, the first
     /// `slotCount` used. Never nil (allocated with the tracker).
+    // SAFETY: a Mem table of slotCap entries, slotCount of them initialized; freed with the tracker.
     var slots: UnsafeMutablePointer<SlotRec>
     var slotCount = 0
     var slotCap: Int
@@ -21,6 +22,7 @@ struct EngineState {
     var stateGeneration: UInt64 = 1
     var summaryCache: (gen: UInt64, digest: UInt64, pages: UInt64, shared: UInt64) = (0, 0, 0, 0)
     var callback: ChangeCallback? = nil
+    // SAFETY: the C caller's value, handed back to its callback, never dereferenced.
     var callbackOpaque: UnsafeMutableRawPointer? = nil
 
     /// Slots the table holds when the tracker is created.
@@ -36,8 +38,10 @@ struct Engine: ~Copyable {
     // SAFETY: points at the tracker's EngineState, alive while the tracker is; lent only under its lock.
     let p: UnsafeMutablePointer<EngineState>
 
+    // SAFETY: p is the tracker's EngineState; the LockKey proves the caller holds its lock.
     init(lockedState p: UnsafeMutablePointer<EngineState>, _ key: consuming Tracker.LockKey) { self.p = p }
 
+    // SAFETY: the table as stored in EngineState (see there).
     var slots: UnsafeMutablePointer<SlotRec> {
         get { p.pointee.slots } nonmutating set { p.pointee.slots = newValue }
     }
@@ -56,6 +60,7 @@ struct Engine: ~Copyable {
         get { p.pointee.summaryCache } nonmutating set { p.pointee.summaryCache = newValue }
     }
     var callback: ChangeCallback? { get { p.pointee.callback } nonmutating set { p.pointee.callback = newValue } }
+    // SAFETY: the C caller's value, never dereferenced.
     var callbackOpaque: UnsafeMutableRawPointer? {
         get { p.pointee.callbackOpaque } nonmutating set { p.pointee.callbackOpaque = newValue }
     }
@@ -132,12 +137,14 @@ struct Engine: ~Copyable {
 
     // MARK: chunk primitives
 
+    // SAFETY: s < slotCount and c is a chunk of slot s, so the group index is below the slot's groupCount.
     @inline(__always) func group(_ s: Int, _ c: UInt64) -> UnsafeMutablePointer<Group> {
         // SAFETY: c is a chunk of slot s, so its group index is below groupCount.
         slots[s].groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
     }
 
     /// nil if mixed; otherwise true = uniform private, false = uniform shared.
+    // SAFETY: g comes from group(), a live group of this engine, read under the lock.
     @inline(__always) func uniformValue(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) -> Bool? {
         let m: UInt64 = 1 &<< bit
         if g.pointee.mixed & m != 0 { return nil }
@@ -149,11 +156,13 @@ struct Engine: ~Copyable {
         (mixed & ((1 &<< bit) &- 1)).nonzeroBitCount
     }
 
+    // SAFETY: chunk `bit` is mixed (callers check), so its rank indexes a non-nil block of the group's compact array.
     @inline(__always) func block(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) -> UnsafeMutablePointer<UInt64> {
         g.pointee.blocks![rank(g.pointee.mixed, bit)]!
     }
 
     /// Free every block of a group and its array (state handled by the caller).
+    // SAFETY: the array holds popcount(mixed) blocks (Storage.swift invariant); each freed once, then the array.
     func freeGroupBlocks(_ g: UnsafeMutablePointer<Group>) {
         let n = g.pointee.mixed.nonzeroBitCount
         for i in 0..<n {
@@ -165,6 +174,7 @@ struct Engine: ~Copyable {
     }
 
     /// Record that chunk `bit` of group `g` changed.
+    // SAFETY: g comes from group(), a live group of this engine, written under the lock.
     @inline(__always) func markChanged(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) {
         let m: UInt64 = 1 &<< bit
         if g.pointee.dirty & m == 0 {
@@ -179,6 +189,7 @@ struct Engine: ~Copyable {
     /// Give a uniform chunk a block holding the same state. The page state
     /// does not change, so a failure part-way through an operation leaves
     /// the state intact. Returns false when out of memory.
+    // SAFETY: arrays and blocks are fresh Mem allocations checked for nil; the array is shifted within its capacity (count + 1 <= blockCap).
     func materialize(_ s: Int, _ c: UInt64) -> Bool {
         let g = group(s, c)
         let bit = c & 63
@@ -214,6 +225,7 @@ struct Engine: ~Copyable {
         return true
     }
 
+    // SAFETY: g comes from group(); the array is freed once and its pointer cleared.
     func freeBlockArray(_ g: UnsafeMutablePointer<Group>) {
         if let arr = g.pointee.blocks {
             Mem.free(arr)
@@ -224,6 +236,7 @@ struct Engine: ~Copyable {
     }
 
     /// Make chunk `bit` uniform with `value` (freeing its block).
+    // SAFETY: g comes from group(); the block at rank r exists because the chunk is mixed; the array shifts within count entries.
     func setUniform(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64, _ value: Bool) {
         let m: UInt64 = 1 &<< bit
         if g.pointee.mixed & m != 0 {

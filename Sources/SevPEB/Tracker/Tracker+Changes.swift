@@ -37,6 +37,7 @@ extension Tracker {
     /// `layoutGeneration`, takes nothing and returns a snapshot with
     /// `layoutChanged` set if the layout is no longer that generation (checked
     /// under the same lock as the take).
+    // SAFETY: buf holds chunkBufferWords words (the caller's scratch, documented above); at most chunkWords are written.
     public func takeNextChunk(from cursor: UInt64, mode: TakeMode,
                               into buf: UnsafeMutablePointer<UInt64>,
                               layoutGeneration gen: UInt64? = nil) -> ChunkSnapshot? {
@@ -49,6 +50,7 @@ extension Tracker {
 
 extension Engine {
     /// Tracker.takeNextChunk's work.
+    // SAFETY: buf as for Tracker.takeNextChunk; groups are reached through slots[s].groups below groupCount.
     func takeNextChunk(from cursor: UInt64, mode: Tracker.TakeMode,
                        into buf: UnsafeMutablePointer<UInt64>,
                        layoutGeneration gen: UInt64?) -> Tracker.ChunkSnapshot? {
@@ -99,6 +101,7 @@ extension Engine {
         return nil
     }
 
+    // SAFETY: g is a live group of this engine, written under the lock.
     @inline(__always) func clearDirty(_ g: UnsafeMutablePointer<Group>, _ m: UInt64) {
         let was = g.pointee.dirty & m
         if was != 0 {
@@ -107,6 +110,7 @@ extension Engine {
         }
     }
 
+    // SAFETY: g is chunk c's group; buf holds chunkBufferWords words and at most ceil(len/64) <= chunkWords are written.
     func snapshot(_ s: Int, _ c: UInt64, _ g: UnsafeMutablePointer<Group>, _ bit: UInt64,
                   _ buf: UnsafeMutablePointer<UInt64>) -> Tracker.ChunkSnapshot {
         let sl = slots[s]

@@ -3,6 +3,7 @@ import Synchronization
 
 /// Called after an update that changed pages: (opaque, gfn, npages, state),
 /// state 1 = private, 0 = shared, -1 = mixed (sevpeb_set_bitmap).
+// SAFETY: the opaque argument is the C caller's value, handed back untouched.
 public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, Int32) -> Void
 
 /// The page-state tracker: one bit per 4 KiB GFN of the VMM's memory slots,
@@ -16,6 +17,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
 public final class Tracker {
     private let lock: Lock
     /// The engine's state; reached only through `locked`.
+    // SAFETY: a Mem allocation made in create(), freed in deinit, reached only through locked().
     private let state: UnsafeMutablePointer<EngineState>
     /// Chunks with a dirty bit set (read without the lock for estimates);
     /// the engine's count, published by `locked` before it unlocks.
@@ -34,6 +36,7 @@ public final class Tracker {
     /// state), for accounting.
     static let fixedBytes = 128 + Lock.bytes + MemoryLayout<EngineState>.stride
 
+    // SAFETY: state is the initialized EngineState create() just allocated; the tracker owns it from here.
     private init(lock: consuming Lock, state: UnsafeMutablePointer<EngineState>) {
         self.lock = lock
         self.state = state
@@ -85,8 +88,10 @@ public final class Tracker {
 
     /// The callback as read inside an operation's critical section (so a
     /// changing update takes the lock once).
+    // SAFETY: the opaque value is the C caller's, never dereferenced.
     typealias PendingCallback = (ChangeCallback?, UnsafeMutableRawPointer?)
 
+    // SAFETY: opaque is the C caller's value, handed back to cb, never dereferenced.
     public func setCallback(_ cb: ChangeCallback?, _ opaque: UnsafeMutableRawPointer?) {
         locked { $0.callback = cb; $0.callbackOpaque = opaque }
     }
@@ -134,6 +139,7 @@ public final class Tracker {
     }
 
     /// Copy [gfn, gfn+n) out as bits (1 = private) into dst (LSB-first bytes).
+    // SAFETY: dst is valid for dstLen bytes (caller); ceil(n/8) <= dstLen is checked before the engine writes.
     public func getBitmap(_ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>, _ dstLen: Int) throws(SevError) {
         let need = (n &>> 3) &+ (n & 7 == 0 ? 0 : 1)   // ceil(n/8) without wrapping
         if n == 0 { throw .invalid("npages 0: must be > 0") }
@@ -143,6 +149,7 @@ public final class Tracker {
 
     /// Set [gfn, gfn+n) to the exact bits of src (1 = private); src nil
     /// makes the range private. Returns whether anything changed.
+    // SAFETY: src (if not nil) is valid for srcLen bytes (caller); ceil(n/8) <= srcLen is checked before the engine reads.
     @discardableResult
     public func setBitmap(_ gfn: UInt64, _ n: UInt64, _ src: UnsafePointer<UInt8>?, _ srcLen: Int) throws(SevError) -> Bool {
         guard let src else { return try setRange(gfn, n, private: true) }
