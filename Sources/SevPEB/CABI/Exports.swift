@@ -102,8 +102,10 @@ public func sevpeb_slot_get(_ t: OpaquePointer?, _ index: UInt32, _ base: Unsafe
 public func sevpeb_set_range(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64, _ state: Int32) -> Int32 {
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
-            if state != 0 && state != 1 { throw SevError(EINVAL, "state \(state): must be 0 (shared) or 1 (private)") }
-            try h.tracker.setRange(gfn, npages, private: state == 1)
+            guard let s = PageState(rawValue: state), s != .mixed else {
+                throw SevError(EINVAL, "state \(state): must be 0 (shared) or 1 (private)")
+            }
+            try h.tracker.setRange(gfn, npages, private: s == .private)
             return 0
         }
     }

@@ -38,7 +38,7 @@ extension Tracker {
             try e.setLayout(new, keepShared: keepShared, &madeShared)
             if !madeShared.isEmpty { cb = e.pendingCallback }
         }
-        if let f = cb.0 { for (g, n) in madeShared { f(cb.1, g, n, 0) } }
+        if let f = cb.0 { for (g, n) in madeShared { f(cb.1, g, n, PageState.shared.rawValue) } }
     }
 
     /// Make the layout exactly `want` (ascending, non-overlapping): remove

@@ -1,8 +1,20 @@
 import CSevPEBShims
 import Synchronization
 
+/// A page's (or a range's) state: the library's one spelling of private,
+/// shared and mixed. The raw values are the C header's SEVPEB_PRIVATE,
+/// SEVPEB_SHARED and SEVPEB_MIXED (pinned by TrackerTests).
+public enum PageState: Int32 {
+    case shared = 0
+    case `private` = 1
+    /// Some pages private, some shared (a sevpeb_set_bitmap update).
+    case mixed = -1
+
+    public init(private: Bool) { self = `private` ? .private : .shared }
+}
+
 /// Called after an update that changed pages: (opaque, gfn, npages, state),
-/// state 1 = private, 0 = shared, -1 = mixed (sevpeb_set_bitmap).
+/// state a `PageState` raw value (mixed: sevpeb_set_bitmap).
 // SAFETY: the opaque argument is the C caller's value, handed back untouched.
 public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, Int32) -> Void
 
@@ -110,7 +122,7 @@ public final class Tracker {
             if any { cb = e.pendingCallback }
             return any
         }
-        if changed, let f = cb.0 { f(cb.1, gfn, n, value ? 1 : 0) }
+        if changed, let f = cb.0 { f(cb.1, gfn, n, PageState(private: value).rawValue) }
         return changed
     }
 
@@ -160,7 +172,7 @@ public final class Tracker {
         let (changed, cb) = try locked { (e) throws(SevError) -> (Bool, PendingCallback) in
             (try e.setBitmap(gfn, n, source), e.pendingCallback)
         }
-        if changed, let f = cb.0 { f(cb.1, gfn, n, -1) }
+        if changed, let f = cb.0 { f(cb.1, gfn, n, PageState.mixed.rawValue) }
         return changed
     }
 
@@ -169,7 +181,7 @@ public final class Tracker {
     public func reset() {
         var changedSlots: [(UInt64, UInt64)] = []
         locked { $0.reset(&changedSlots) }
-        for (b, p) in changedSlots { notify(b, p, 1) }
+        for (b, p) in changedSlots { notify(b, p, PageState.private.rawValue) }
     }
 
     // MARK: layout
