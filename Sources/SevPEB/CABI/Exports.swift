@@ -65,14 +65,13 @@ public func sevpeb_set_layout(_ t: OpaquePointer?, _ slots: UnsafePointer<sevpeb
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             if count > 0 && slots == nil { throw SevError(EINVAL, "slots is NULL with count \(count)") }
-            var list: [Tracker.Slot] = []
-            if let slots, count > 0, count <= UInt32(Tracker.maxSlots) {
-                list.reserveCapacity(Int(count))
-                for i in 0..<Int(count) { list.append(Tracker.Slot(base: slots[i].base_gfn, pages: slots[i].npages)) }
-            } else if count > UInt32(Tracker.maxSlots) {
+            if count > UInt32(Tracker.maxSlots) {
                 throw SevError(ENOSPC, "layout of \(count) slots exceeds \(Tracker.maxSlots)")
             }
-            try h.tracker.setLayout(list)
+            // A view of the caller's array, not a copy: nothing to allocate.
+            let list = UnsafeBufferPointer(start: count > 0 ? slots : nil, count: Int(count)).lazy
+                .map { Tracker.Slot(base: $0.base_gfn, pages: $0.npages) }
+            try h.tracker.setLayout(slots: list, keepShared: true)
             return 0
         }
     }
