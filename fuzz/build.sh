@@ -18,10 +18,9 @@ fi
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
 cp -r Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash "$SRC/"
-# inspect's sources join the library's module in the qemustream target: rename
-# its own helpers that share a name with the library's internal ones
+# inspect's sources join the library's module in the qemustream target (they
+# use the library's one hex and errnoName, so nothing needs renaming)
 cp -r Sources/SevPEBInspect "$SRC/"
-sed -i -E 's/\berrnoName\b/inspectErrnoName/g; s/\bhex\(/inspectHex(/g' "$SRC"/SevPEBInspect/*.swift
 mkdir -p "$SRC/CSevPEB/include"
 cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/include/"
 # sevpeb_shims.h includes the header as ../../../include/sevpeb.h (the repo
@@ -43,6 +42,7 @@ for t in "${targets[@]}"; do
     case $t in
         seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
         qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
+        setlayout) extra=(Tests/SevPEBTestSupport/LayoutReference.swift) ;;  # shared with LayoutTests
     esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
         -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \

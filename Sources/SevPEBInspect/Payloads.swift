@@ -12,35 +12,6 @@ import SevPEB
 
 // MARK: errors
 
-/// The errno's symbolic name: "EILSEQ".
-public func errnoName(_ code: Int32) -> String {
-    switch code < 0 ? -code : code {
-    case EINVAL: return "EINVAL"
-    case ERANGE: return "ERANGE"
-    case EEXIST: return "EEXIST"
-    case ENOENT: return "ENOENT"
-    case ENOSPC: return "ENOSPC"
-    case ENOMEM: return "ENOMEM"
-    case EBUSY: return "EBUSY"
-    case EAGAIN: return "EAGAIN"
-    case EPROTO: return "EPROTO"
-    case EPROTONOSUPPORT: return "EPROTONOSUPPORT"
-    case EBADMSG: return "EBADMSG"
-    case EMSGSIZE: return "EMSGSIZE"
-    case EREMCHG: return "EREMCHG"
-    case EILSEQ: return "EILSEQ"
-    case ENODATA: return "ENODATA"
-    case EBADF: return "EBADF"
-    case ENOTTY: return "ENOTTY"
-    case EOPNOTSUPP: return "EOPNOTSUPP"
-    case ENOSYS: return "ENOSYS"
-    case EIO: return "EIO"
-    case EFAULT: return "EFAULT"
-    case EPERM: return "EPERM"
-    default: return "errno \(code < 0 ? -code : code)"
-    }
-}
-
 /// "-EILSEQ (stream digest or count mismatch): FINAL at offset 3: ..."
 public func describe(_ e: SevError) -> String {
     "-\(errnoName(e.code)) (\(ErrorClass.name(e.code))): \(e.message)"
@@ -94,10 +65,8 @@ public func humanPages(_ p: UInt64) -> String {
 /// GPA of a GFN, human: "0x40000000 (1 GiB)".
 public func gpaLabel(_ gfn: UInt64) -> String {
     let gpa = gfn << 12
-    return "0x" + String(gpa, radix: 16) + (gpa == 0 ? "" : " (\(humanGPA(gpa)))")
+    return hex(gpa) + (gpa == 0 ? "" : " (\(humanGPA(gpa)))")
 }
-
-@inline(__always) public func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 // MARK: building a state
 

@@ -4,7 +4,7 @@ import SevPEBInspect
 // Test support shared by every Swift test: one SplitMix64, one reference
 // model, one typical-guest builder. SplitMix64 and the typical guest live in
 // SevPEBInspect (the CLI builds the same guest) and are re-exported here;
-// tests name errnos with SevPEBInspect's errnoName (the one table).
+// tests name errnos with SevPEB's errnoName (the one table, Base/SevError.swift).
 
 /// SplitMix64: a seeded, repeatable generator for property tests.
 public typealias SeededRNG = SplitMix64

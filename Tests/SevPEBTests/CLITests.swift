@@ -98,7 +98,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         #expect(r.tracker.slotList == t.slotList)
         #expect(sharedRuns(r.tracker).total == 81)
         let lines = stateReport(r.tracker, maxRuns: 2)
-        #expect(lines.contains("digest: \(SevPEBInspect.hex(t.digest()))"))
+        #expect(lines.contains("digest: \(SevPEB.hex(t.digest()))"))
         #expect(lines.contains("  ... 79 more (--all to list every run)"))
         #expect(lines.contains("  slot 1: gfn 0x100000 + 0xff80000 pages  [0x100000000 (4 GiB), 0x10080000000 (1026 GiB))  1022 GiB"))
     }
@@ -112,7 +112,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         let d = t.digest()
         let r = decodePayloads(bad)
         let e = try #require(r.error)
-        #expect(describe(e) == "-EILSEQ (stream digest or count mismatch): FINAL at offset 0: digest \(SevPEBInspect.hex(d ^ (1 << 40))) from the source, \(SevPEBInspect.hex(d)) over the received state")
+        #expect(describe(e) == "-EILSEQ (stream digest or count mismatch): FINAL at offset 0: digest \(SevPEB.hex(d ^ (1 << 40))) from the source, \(SevPEB.hex(d)) over the received state")
         #expect(!r.committed)
         // Truncation at 0, n-2, half of each payload: never commits, always ENODATA or a checksum error.
         for n in [0, p.file.count - 2, p.start.count / 2, p.start.count, p.start.count + p.end.count / 2] {
@@ -136,7 +136,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         #expect(Array(text[3...5]) == ["0 55 55 RUNS gfn=0x0 npages=0xa0 nruns=0x1",
                                        "0 76 76 RUNS gfn=0x100 npages=0x4000 nruns=0x1",
                                        "0 97 97 RUNS gfn=0x4100 npages=0x3f00 nruns=0x1"])
-        #expect(text[text.count - 2] == "1 0 \(p.start.count) FINAL digest=\(SevPEBInspect.hex(t.digest())) total_pages=0x7fa0 shared_pages=0x1004")
+        #expect(text[text.count - 2] == "1 0 \(p.start.count) FINAL digest=\(SevPEB.hex(t.digest())) total_pages=0x7fa0 shared_pages=0x1004")
         #expect(text.last!.hasPrefix("1 25 \(p.start.count + 25) END_OF_PAYLOAD check=0x"))
         // A corrupt record: the listing stops before it, with the library's message.
         var bad = p.file
@@ -184,7 +184,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         #expect(got.digest() == t.digest() && got.slotList == t.slotList && got.migrationControl == 1)
         let text = r.lines(maxRuns: 10)
         #expect(text.contains("sev-page-enc-bitmap: START x1 \(p.start.count) bytes, END x1 \(p.end.count) bytes"))
-        #expect(text.contains("FINAL: digest \(SevPEBInspect.hex(t.digest())), 32672 pages, 4100 shared: verified against the received state"))
+        #expect(text.contains("FINAL: digest \(SevPEB.hex(t.digest())), 32672 pages, 4100 shared: verified against the received state"))
         #expect(text.contains("  ram START x1: \(r.sections[0].payloadBytes) payload bytes, \(r.sections[0].totalBytes) with framing"))
     }
 
@@ -210,7 +210,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         end[1] ^= 0x80
         let c = syntheticStream(p, ourEndPayload: end)
         let d = t.digest()
-        #expect(inspect(c.bytes).1?.message == "offset \(c.ourEnd): sev-page-enc-bitmap END section payload at offset \(c.ourEnd + 5): -EILSEQ (stream digest or count mismatch): FINAL at offset 0: digest \(SevPEBInspect.hex(d ^ (1 << 63))) from the source, \(SevPEBInspect.hex(d)) over the received state")
+        #expect(inspect(c.bytes).1?.message == "offset \(c.ourEnd): sev-page-enc-bitmap END section payload at offset \(c.ourEnd + 5): -EILSEQ (stream digest or count mismatch): FINAL at offset 0: digest \(SevPEB.hex(d ^ (1 << 63))) from the source, \(SevPEB.hex(d)) over the received state")
         // A footer naming another section.
         var f = s.bytes
         f[s.full - 1] = 9   // RAM END's footer id
@@ -255,7 +255,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         #expect(svg.contains(">memslot 0<") && svg.contains(">memslot 1<"))
         #expect(svg.contains("hole  [2 GiB, 4 GiB)  2 GiB: no memory"))
         #expect(svg.contains(">2 GiB, 1 GiB shared<") && svg.contains(">(50.0% of its pages)<"))
-        #expect(svg.contains("digest \(SevPEBInspect.hex(t.digest()))"))
+        #expect(svg.contains("digest \(SevPEB.hex(t.digest()))"))
         #expect(svg.contains("in 81 runs"))
         // Single shared pages in the 1022 GiB slot are marked in the strip above the band
         // (their bars are to scale: MemoryMapSVGTests).

@@ -11,7 +11,7 @@ import SevPEBInspect
     /// Every errno the library returns, by the one name table (SevPEBInspect).
     static let errnoValues: [String: Int32] = Dictionary(uniqueKeysWithValues:
         [EINVAL, ERANGE, EEXIST, ENOSPC, ENOMEM, ENOENT, EBUSY, EAGAIN, EPROTO, EBADMSG,
-         EPROTONOSUPPORT, EMSGSIZE, EREMCHG, EILSEQ, ENODATA, EIO].map { (SevPEBInspect.errnoName($0), $0) } + [("EPIPE", EPIPE)])
+         EPROTONOSUPPORT, EMSGSIZE, EREMCHG, EILSEQ, ENODATA, EIO].map { (SevPEB.errnoName($0), $0) } + [("EPIPE", EPIPE)])
 
     /// function name -> errnos named (as -E...) in the comment just above
     /// its declaration, and whether it passes the callback's error through.
@@ -185,7 +185,7 @@ import SevPEBInspect
         seen.compactMap { f, e in
             guard let d = doc[f] else { return "\(f): not declared in the header" }
             if d.errnos.contains(e) || (d.passThrough && e == callbackErrno) { return nil }
-            let name = SevPEBInspect.errnoName(e)
+            let name = SevPEB.errnoName(e)
             return "\(f) returned -\(name), its comment lists \(d.errnos.sorted())"
         }
     }

@@ -7,48 +7,18 @@ import SevPEBTestSupport
 /// sevpeb_set_layout against the same change applied slot by slot through
 /// the old calls, in the order patch 0003's sev_peb_set_layout applies it.
 @Suite struct LayoutTests {
-    /// The slot-by-slot reference: qemu-patches/0003's sev_peb_set_layout.
+    /// The slot-by-slot reference (SevPEBTestSupport, shared with the
+    /// setlayout fuzz target): qemu-patches/0003's sev_peb_set_layout.
     static func applySlotBySlot(_ t: Tracker, _ new: [Tracker.Slot]) throws {
-        let old = t.slotList
-        var shared: [(UInt64, UInt64)] = []
-        for o in old where !new.contains(where: { $0.base == o.base }) {
-            var from = o.base
-            while let r = t.nextSharedRun(from: from), r.gfn < o.base + o.pages {
-                let e = min(r.gfn + r.pages, o.base + o.pages)
-                shared.append((r.gfn, e)); from = e
-            }
-            try t.removeSlot(base: o.base)
-        }
-        for grow in [false, true] {
-            for o in old {
-                guard let n = new.first(where: { $0.base == o.base }), n.pages != o.pages,
-                      (n.pages > o.pages) == grow else { continue }
-                try t.resizeSlot(base: n.base, pages: n.pages)
-            }
-        }
-        for n in new where !old.contains(where: { $0.base == n.base }) { try t.addSlot(base: n.base, pages: n.pages) }
-        for (a, b) in shared {
-            for n in new {
-                let s = max(a, n.base), e = min(b, n.base + n.pages)
-                if s < e { try t.setRange(s, e - s, private: false) }
-            }
-        }
+        try SevPEBTestSupport.applySlotBySlot(t, new)
     }
 
     /// A random layout whose boundaries often reuse the old ones (so slots
-    /// are kept, resized, merged and split).
+    /// are kept, resized, merged and split); the generator the fuzz target uses.
     static func layout(_ rng: inout SeededRNG, near old: [Tracker.Slot], limit: UInt64 = 300_000) -> [Tracker.Slot] {
-        var points = Set<UInt64>()
-        for o in old where rng.next() % 3 != 0 { points.insert(o.base); points.insert(o.base + o.pages) }
-        for _ in 0..<(rng.next() % 8) { points.insert(rng.next() % limit) }
-        let p = points.sorted()
-        var r: [Tracker.Slot] = []
-        if p.count >= 2 {
-            for i in 0..<(p.count - 1) where rng.next() % 4 != 0 {
-                r.append(Tracker.Slot(base: p[i], pages: p[i + 1] - p[i]))
-            }
-        }
-        return r
+        var g = rng
+        defer { rng = g }
+        return layoutNear(old, limit: limit, maxNewPoints: 8, pick: { Int(g.next() % UInt64($0)) }, point: { g.next() })
     }
 
     static func randomState(_ t: Tracker, _ rng: inout SeededRNG) throws {

@@ -1,9 +1,18 @@
+import CSevPEB
 import CSevPEBShims
 import Testing
 @testable import SevPEB
 import SevPEBTestSupport
 
 @Suite struct TrackerTests {
+    /// PageState is the header's spelling: its raw values are the macros.
+    @Test func pageStateIsTheHeadersSpelling() {
+        #expect(PageState.private.rawValue == SEVPEB_PRIVATE)
+        #expect(PageState.shared.rawValue == SEVPEB_SHARED)
+        #expect(PageState.mixed.rawValue == SEVPEB_MIXED)
+        #expect(PageState(private: true) == .private && PageState(private: false) == .shared)
+    }
+
     @Test func defaultsPrivateAndLayoutErrors() throws {
         let t = try Tracker.create()
         #expect(errno { () throws(SevError) in try t.addSlot(base: 0, pages: 0) } == EINVAL)

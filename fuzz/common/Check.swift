@@ -7,9 +7,9 @@ import FuzzModelC
 extension Tracker {
     func fuzzInvariantViolation() -> String? {
         if let v = checkInvariants() { return v }
-        return withLock { () -> String? in
-            for s in 0..<slotCount {
-                let sl = slots![s]
+        return locked { e -> String? in
+            for s in 0..<e.slotCount {
+                let sl = e.slots[s]
                 let nch = Geometry.chunks(sl.pages)
                 for gi in 0..<sl.groupCount {
                     let g = sl.groups + gi
@@ -20,13 +20,13 @@ extension Tracker {
                     while c < min(nch, first + 64) {
                         let bit = c & 63
                         let len = Geometry.chunkLen(c, sl.pages)
-                        if let u = uniformValue(g, bit) {
+                        if let u = e.uniformValue(g, bit) {
                             // full chunks: the library's constants (rehashing 2 KiB per
                             // uniform chunk was a third of the decode target's time)
                             x.add(len == Geometry.chunkPages ? (u ? Tracker.privateChunkHash : Tracker.sharedChunkHash)
                                                               : Tracker.uniformHash(len: len, value: u))
                         } else {
-                            x.add(XXH3.hash(words: block(g, bit), count: (len + 63) >> 6))
+                            x.add(XXH3.hash(words: e.block(g, bit), count: (len + 63) >> 6))
                         }
                         c += 1
                     }

@@ -7,32 +7,9 @@ let fuzzTarget = "setlayout"
 // between. Raw layouts (any order, overlaps, GFN limit) must either apply or
 // fail with nothing changed.
 
-func slotBySlot(_ t: Tracker, _ new: [Tracker.Slot]) throws(SevError) {
-    let old = t.slotList
-    var shared: [(UInt64, UInt64)] = []
-    for o in old where !new.contains(where: { $0.base == o.base }) {
-        var from = o.base
-        while let r = t.nextSharedRun(from: from), r.gfn < o.base &+ o.pages {
-            let e = min(r.gfn &+ r.pages, o.base &+ o.pages)
-            shared.append((r.gfn, e)); from = e
-        }
-        try t.removeSlot(base: o.base)
-    }
-    for grow in [false, true] {
-        for o in old {
-            guard let n = new.first(where: { $0.base == o.base }), n.pages != o.pages,
-                  (n.pages > o.pages) == grow else { continue }
-            try t.resizeSlot(base: n.base, pages: n.pages)
-        }
-    }
-    for n in new where !old.contains(where: { $0.base == n.base }) { try t.addSlot(base: n.base, pages: n.pages) }
-    for (a, b) in shared {
-        for n in new {
-            let s = max(a, n.base), e = min(b, n.base &+ n.pages)
-            if s < e { try t.setRange(s, e &- s, private: false) }
-        }
-    }
-}
+// The slot-by-slot reference and the layout generator are LayoutTests'
+// (Tests/SevPEBTestSupport/LayoutReference.swift, compiled in by fuzz/build.sh).
+func slotBySlot(_ t: Tracker, _ new: [Tracker.Slot]) throws(SevError) { try applySlotBySlot(t, new) }
 
 func layoutBits(_ t: Tracker) -> [UInt8] {
     var out: [UInt8] = []
@@ -73,22 +50,8 @@ public func fuzzSetLayout(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             }
         } else {
             // Boundaries: some old ones kept, some new.
-            var points: [UInt64] = []
-            // (Only slots below `limit`: a point near the GFN limit would make a
-            // slot of 2^52 pages, an honest ENOMEM, not a finding.)
-            for o in a.slotList where o.base &+ o.pages <= limit && inp.pick(3) != 0 {
-                points.append(o.base); points.append(o.base &+ o.pages)
-            }
-            for _ in 0..<inp.pick(6) { points.append(UInt64(inp.u32()) % limit) }
-            points.sort()
-            var new: [Tracker.Slot] = []
-            var i = 0
-            while i &+ 1 < points.count {
-                if points[i] < points[i &+ 1] && inp.pick(4) != 0 {
-                    new.append(Tracker.Slot(base: points[i], pages: points[i &+ 1] &- points[i]))
-                }
-                i &+= 1
-            }
+            let new = layoutNear(a.slotList, limit: limit, maxNewPoints: 6,
+                                 pick: { inp.pick($0) }, point: { UInt64(inp.u32()) })
             do throws(SevError) { try a.setLayout(new) } catch { fuzzFail("setLayout \(new): \(error.message)") }
             do throws(SevError) { try slotBySlot(b, new) } catch { fuzzFail("slot by slot \(new): \(error.message)") }
         }

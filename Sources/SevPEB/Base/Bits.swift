@@ -13,6 +13,7 @@ enum Bits {
     }
 
     /// Set bits [from, to) to `value`; returns true if any bit changed.
+    // SAFETY: w holds at least ceil(to/64) words (a chunk block or a caller buffer sized for the range); only words of [from, to) are touched.
     @discardableResult
     static func fill(_ w: UnsafeMutablePointer<UInt64>, from: Int, to: Int, value: Bool) -> Bool {
         if from >= to { return false }
@@ -47,6 +48,7 @@ enum Bits {
     }
 
     /// Number of one bits in [from, to).
+    // SAFETY: w holds at least ceil(to/64) words; only words of [from, to) are read.
     static func countOnes(_ w: UnsafePointer<UInt64>, from: Int, to: Int) -> Int {
         if from >= to { return 0 }
         let fw = from &>> 6, lw = (to &- 1) &>> 6
@@ -60,11 +62,13 @@ enum Bits {
         return n
     }
 
+    // SAFETY: i is below the block length the caller got w for; reads word i/64 only.
     @inline(__always) static func test(_ w: UnsafePointer<UInt64>, _ i: Int) -> Bool {
         (w[i &>> 6] &>> UInt64(i & 63)) & 1 != 0
     }
 
     /// First index in [from, to) whose bit equals `value`, or `to`.
+    // SAFETY: w holds at least ceil(to/64) words; only words of [from, to) are read.
     static func find(_ w: UnsafePointer<UInt64>, value: Bool, from: Int, to: Int) -> Int {
         if from >= to { return to }
         var wi = from &>> 6
@@ -83,6 +87,7 @@ enum Bits {
 
     /// 64 bits starting at bit `at` of `w` (which has `words` words; bits past
     /// the end read as 0).
+    // SAFETY: reads words at/64 and at/64+1 only when below `words`, the size of w.
     @inline(__always) static func read64(_ w: UnsafePointer<UInt64>, words: Int, at: Int) -> UInt64 {
         let wi = at &>> 6, sh = UInt64(at & 63)
         let lo = wi < words ? w[wi] : 0
@@ -94,6 +99,7 @@ enum Bits {
     /// Number of maximal runs of zero bits in [0, n).
     /// Stops early and returns a value above `limit` once the count
     /// exceeds it (the encoder only needs to know whether RUNS is smaller).
+    // SAFETY: w holds ceil(n/64) words; the scan stops at bit n.
     static func zeroRuns(_ w: UnsafePointer<UInt64>, bits n: Int, limit: Int = Int.max) -> Int {
         // A zero run starts at i where bit i == 0 and (i == 0 or bit i-1 == 1).
         let words = (n &+ 63) &>> 6
@@ -117,6 +123,7 @@ enum Bits {
 /// Reads bits at arbitrary offsets from a byte buffer (LSB-first bytes), never
 /// past `bytes`.
 struct ByteBitSource {
+    // SAFETY: p is valid for `bytes` bytes (the caller checked its length); read64 never reads past it.
     let p: UnsafePointer<UInt8>
     let bytes: Int
 
@@ -125,6 +132,7 @@ struct ByteBitSource {
         let b = at &>> 3, sh = UInt64(at & 7)
         var lo: UInt64 = 0
         if b &+ 8 <= bytes {
+            // SAFETY: bytes b..<b+8 lie inside the buffer (checked on the line above).
             lo = UInt64(littleEndian: UnsafeRawPointer(p + b).loadUnaligned(as: UInt64.self))
         } else {
             var k = 0
@@ -140,13 +148,16 @@ struct ByteBitSource {
 /// words are stored directly; the final partial byte keeps the buffer's bits
 /// above the end (the seed's GET preserves them).
 struct ByteBitSink {
+    // SAFETY: p is valid for ceil(n/8) bytes of the range being written (the caller checked dst_len); unaligned stores go through storeBytes.
     let p: UnsafeMutablePointer<UInt8>
     var acc: UInt64 = 0
     var accBits = 0
     var outByte = 0
 
+    // SAFETY: p as for the stored property: valid for the range the caller sized it for.
     init(_ p: UnsafeMutablePointer<UInt8>) { self.p = p }
 
+    // SAFETY: outByte + 8 <= the buffer size: a whole word is emitted only while 64 or more bits of the range remain.
     @inline(__always) mutating func emitWord(_ w: UInt64) {
         UnsafeMutableRawPointer(p + outByte).storeBytes(of: w.littleEndian, as: UInt64.self)
         outByte &+= 8
@@ -188,6 +199,7 @@ struct ByteBitSink {
     /// b <= the chunk length). Once the sink is at a word boundary, each
     /// output word is one load (aligned source) or one two-word shift-merge,
     /// as QEMU's bitmap_copy_with_src_offset; never reads past word (b-1)/64.
+    // SAFETY: w is a chunk block (chunkWords words, b <= chunk length); whole output words are stored only while 64 bits of [a, b) remain, so never past the buffer.
     mutating func appendBits(_ w: UnsafePointer<UInt64>, from a: Int, to b: Int) {
         var i = a
         if accBits != 0 && i < b {

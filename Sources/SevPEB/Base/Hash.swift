@@ -14,6 +14,7 @@ public struct XXH3 {
     @inline(__always) public mutating func add(_ w: UInt64) { spbhash_update_le64(&state, w) }
 
     /// Feed `count` words from memory (as little-endian bytes).
+    // SAFETY: p is valid for `count` words (a chunk block or hash list the caller owns).
     public mutating func add(words p: UnsafePointer<UInt64>, count: Int) {
         #if _endian(little)
         spbhash_update(&state, p, count &* 8)
@@ -23,12 +24,14 @@ public struct XXH3 {
     }
 
     /// Feed bytes.
+    // SAFETY: p is valid for `count` bytes (caller-owned buffer), read only.
     public mutating func update(_ p: UnsafeRawPointer, _ count: Int) { spbhash_update(&state, p, count) }
 
     /// The hash of everything fed so far.
     public mutating func finish() -> UInt64 { spbhash_digest(&state) }
 
     /// One-shot hash of whole words (as little-endian bytes).
+    // SAFETY: p is valid for `count` words (a chunk block under the tracker lock).
     public static func hash(words p: UnsafePointer<UInt64>, count: Int) -> UInt64 {
         #if _endian(little)
         return spbhash_bytes(p, count &* 8)
@@ -40,5 +43,6 @@ public struct XXH3 {
     }
 
     /// One-shot hash of bytes.
+    // SAFETY: p is valid for `count` bytes (caller-owned buffer), read only.
     public static func hash(bytes p: UnsafeRawPointer, count: Int) -> UInt64 { spbhash_bytes(p, count) }
 }

@@ -11,6 +11,7 @@ struct Lock: ~Copyable {
     // SAFETY: owned by this value alone; freed in deinit, never escapes.
     private let m: UnsafeMutablePointer<pthread_mutex_t>
 
+    // SAFETY: m comes from sevpeb_shim_mutex_new (make()) and is owned by this value from here on.
     private init(_ m: UnsafeMutablePointer<pthread_mutex_t>) { self.m = m }
 
     /// A new lock, or nil when the allocation fails. (A factory, not a

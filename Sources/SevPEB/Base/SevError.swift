@@ -23,9 +23,49 @@ public struct SevError: Error {
     static func noMemory(_ what: String) -> SevError { SevError(ENOMEM, "out of memory allocating \(what)") }
 }
 
-/// Hex text for messages: "0x1f".
+/// Hex text for messages: "0x1f". (The one `hex`: the library, the tool
+/// and the tests use it.)
 @inline(never)
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+public func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+/// The errno's symbolic name ("EILSEQ"), or nil for one this table lacks.
+/// The one errno table: the library's messages, the tool and the tests name
+/// errnos through it.
+public func errnoSymbol(_ code: Int32) -> StaticString? {
+    switch code < 0 ? -code : code {
+    case EINVAL: return "EINVAL"
+    case ERANGE: return "ERANGE"
+    case EEXIST: return "EEXIST"
+    case ENOENT: return "ENOENT"
+    case ENOSPC: return "ENOSPC"
+    case ENOMEM: return "ENOMEM"
+    case EBUSY: return "EBUSY"
+    case EAGAIN: return "EAGAIN"
+    case EPROTO: return "EPROTO"
+    case EPROTONOSUPPORT: return "EPROTONOSUPPORT"
+    case EBADMSG: return "EBADMSG"
+    case EMSGSIZE: return "EMSGSIZE"
+    case EREMCHG: return "EREMCHG"
+    case EILSEQ: return "EILSEQ"
+    case ENODATA: return "ENODATA"
+    case EBADF: return "EBADF"
+    case ENOTTY: return "ENOTTY"
+    case EOPNOTSUPP: return "EOPNOTSUPP"
+    case ENOSYS: return "ENOSYS"
+    case EIO: return "EIO"
+    case EFAULT: return "EFAULT"
+    case EPERM: return "EPERM"
+    case EINTR: return "EINTR"
+    case ENXIO: return "ENXIO"
+    default: return nil
+    }
+}
+
+/// The errno's symbolic name: "EILSEQ", or "errno 99" for one the table lacks.
+public func errnoName(_ code: Int32) -> String {
+    if let s = errnoSymbol(code) { return "\(s)" }
+    return "errno \(code < 0 ? -code : code)"
+}
 
 /// Error classes (for `sevpeb_strerror`): the errnos this library returns and
 /// what each means here.

@@ -3,6 +3,7 @@ import CSevPEBShims
 
 // sevpeb_count_differences (include/sevpeb.h): compare two trackers.
 
+// SAFETY: count is checked for NULL; gfns is written below max_gfns only (countDifferences refuses NULL with max_gfns > 0).
 @c @implementation
 public func sevpeb_count_differences(_ a: OpaquePointer?, _ b: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
                                      _ count: UnsafeMutablePointer<UInt64>!, _ gfns: UnsafeMutablePointer<UInt64>!,

@@ -7,21 +7,25 @@ import CSevPEBShims
 @c @implementation
 public func sevpeb_version_number() -> UInt32 { UInt32(SEVPEB_VERSION_MAJOR * 10000 + SEVPEB_VERSION_MINOR * 100 + SEVPEB_VERSION_PATCH) }
 
+// SAFETY: a pointer to a static string literal, valid for the life of the program.
 @c @implementation
 public func sevpeb_version_string() -> UnsafePointer<CChar>! {
     sevpeb_shim_version_string()
 }
 
+// SAFETY: a StaticString of ErrorClass: static, NUL-terminated UTF-8, valid for the life of the program.
 @c @implementation
 public func sevpeb_strerror(_ err: Int32) -> UnsafePointer<CChar>! {
     UnsafeRawPointer(ErrorClass.name(err).utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
+// SAFETY: the thread-local error buffer of the shims, NUL-terminated, valid until the next call on this thread (header).
 @c @implementation
 public func sevpeb_last_error() -> UnsafePointer<CChar>! {
     UnsafePointer(spbshim_errbuf())
 }
 
+// SAFETY: out is checked for NULL; the handle is a retained Handle, released by sevpeb_tracker_destroy only.
 @c @implementation
 public func sevpeb_tracker_create(_ flags: UInt32, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> Int32 {
     cCall { () throws(SevError) -> Int32 in
@@ -33,6 +37,7 @@ public func sevpeb_tracker_create(_ flags: UInt32, _ out: UnsafeMutablePointer<O
     }
 }
 
+// SAFETY: t is a handle from sevpeb_tracker_create (NULL is ignored); this releases the reference create retained.
 @c @implementation
 public func sevpeb_tracker_destroy(_ t: OpaquePointer?) {
     guard let t else { return }
@@ -54,19 +59,19 @@ public func sevpeb_slot_resize(_ t: OpaquePointer?, _ base: UInt64, _ npages: UI
     withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in try h.tracker.resizeSlot(base: base, pages: npages); return 0 } }
 }
 
+// SAFETY: slots is checked for NULL when count > 0 and read below count entries only, as the header requires.
 @c @implementation
 public func sevpeb_set_layout(_ t: OpaquePointer?, _ slots: UnsafePointer<sevpeb_slot>?, _ count: UInt32) -> Int32 {
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             if count > 0 && slots == nil { throw SevError(EINVAL, "slots is NULL with count \(count)") }
-            var list: [Tracker.Slot] = []
-            if let slots, count > 0, count <= UInt32(Tracker.maxSlots) {
-                list.reserveCapacity(Int(count))
-                for i in 0..<Int(count) { list.append(Tracker.Slot(base: slots[i].base_gfn, pages: slots[i].npages)) }
-            } else if count > UInt32(Tracker.maxSlots) {
+            if count > UInt32(Tracker.maxSlots) {
                 throw SevError(ENOSPC, "layout of \(count) slots exceeds \(Tracker.maxSlots)")
             }
-            try h.tracker.setLayout(list)
+            // A view of the caller's array, not a copy: nothing to allocate.
+            let list = UnsafeBufferPointer(start: count > 0 ? slots : nil, count: Int(count)).lazy
+                .map { Tracker.Slot(base: $0.base_gfn, pages: $0.npages) }
+            try h.tracker.setLayout(slots: list, keepShared: true)
             return 0
         }
     }
@@ -74,19 +79,17 @@ public func sevpeb_set_layout(_ t: OpaquePointer?, _ slots: UnsafePointer<sevpeb
 
 @c @implementation
 public func sevpeb_slot_count(_ t: OpaquePointer?) -> Int32 {
-    withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.withLock { h.tracker.slotCount }) }
+    withHandle(t, -EINVAL) { h in Int32(truncatingIfNeeded: h.tracker.slotCount) }
 }
 
+// SAFETY: base and npages are checked for NULL and written once each.
 @c @implementation
 public func sevpeb_slot_get(_ t: OpaquePointer?, _ index: UInt32, _ base: UnsafeMutablePointer<UInt64>!,
                             _ npages: UnsafeMutablePointer<UInt64>!) -> Int32 {
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
             guard let base, let npages else { throw SevError(EINVAL, "base_gfn or npages pointer is NULL") }
-            let tr = h.tracker
-            let r: Tracker.Slot? = tr.withLock {
-                Int(index) < tr.slotCount ? Tracker.Slot(base: tr.slots![Int(index)].base, pages: tr.slots![Int(index)].pages) : nil
-            }
+            let r = h.tracker.slot(at: Int(index))
             guard let r else { throw SevError(ENOENT, "slot index \(index) not below the slot count") }
             base.pointee = r.base; npages.pointee = r.pages
             return 0
@@ -98,8 +101,10 @@ public func sevpeb_slot_get(_ t: OpaquePointer?, _ index: UInt32, _ base: Unsafe
 public func sevpeb_set_range(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64, _ state: Int32) -> Int32 {
     withHandle(t, -EINVAL) { h in
         cCall { () throws(SevError) -> Int32 in
-            if state != 0 && state != 1 { throw SevError(EINVAL, "state \(state): must be 0 (shared) or 1 (private)") }
-            try h.tracker.setRange(gfn, npages, private: state == 1)
+            guard let s = PageState(rawValue: state), s != .mixed else {
+                throw SevError(EINVAL, "state \(state): must be 0 (shared) or 1 (private)")
+            }
+            try h.tracker.setRange(gfn, npages, private: s == .private)
             return 0
         }
     }
@@ -119,6 +124,7 @@ public func sevpeb_count_shared(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UI
     }
 }
 
+// SAFETY: pages and shared are checked for NULL and written once each.
 @c @implementation
 public func sevpeb_totals(_ t: OpaquePointer?, _ pages: UnsafeMutablePointer<UInt64>!, _ shared: UnsafeMutablePointer<UInt64>!) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -131,6 +137,7 @@ public func sevpeb_totals(_ t: OpaquePointer?, _ pages: UnsafeMutablePointer<UIn
     }
 }
 
+// SAFETY: gfn and npages are checked for NULL and written once each.
 @c @implementation
 public func sevpeb_next_shared_run(_ t: OpaquePointer?, _ from: UInt64, _ gfn: UnsafeMutablePointer<UInt64>!,
                                    _ npages: UnsafeMutablePointer<UInt64>!) -> Int32 {
@@ -144,6 +151,7 @@ public func sevpeb_next_shared_run(_ t: OpaquePointer?, _ from: UInt64, _ gfn: U
     }
 }
 
+// SAFETY: dst is checked for NULL and written within ceil(npages/8) bytes, checked against len first.
 @c @implementation
 public func sevpeb_get_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
                               _ dst: UnsafeMutablePointer<UInt8>!, _ len: Int) -> Int32 {
@@ -156,6 +164,7 @@ public func sevpeb_get_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt
     }
 }
 
+// SAFETY: src may be NULL (all private); otherwise read within ceil(npages/8) bytes, checked against len first.
 @c @implementation
 public func sevpeb_set_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
                               _ src: UnsafePointer<UInt8>?, _ len: Int) -> Int32 {
@@ -172,6 +181,7 @@ public func sevpeb_reset(_ t: OpaquePointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in h.tracker.reset(); return 0 }
 }
 
+// SAFETY: out is checked for NULL and written once.
 @c @implementation
 public func sevpeb_digest(_ t: OpaquePointer?, _ out: UnsafeMutablePointer<UInt64>!) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -188,6 +198,7 @@ public func sevpeb_memory_bytes(_ t: OpaquePointer?) -> UInt64 {
     withHandle(t, 0) { h in UInt64(h.tracker.memoryBytes) }
 }
 
+// SAFETY: opaque is the caller's value, handed back to its callback, never dereferenced here.
 @c @implementation
 public func sevpeb_set_change_callback(_ t: OpaquePointer?, _ fn: sevpeb_change_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in h.tracker.setCallback(fn, opaque); return 0 }
@@ -225,6 +236,7 @@ public func sevpeb_may_migrate(_ t: OpaquePointer?) -> Int32 {
     }
 }
 
+// SAFETY: opaque is the caller's value, handed back to its write callback, never dereferenced here.
 @c @implementation
 public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -237,6 +249,7 @@ public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ 
     }
 }
 
+// SAFETY: opaque is the caller's value, handed back to its write callback, never dereferenced here.
 @c @implementation
 public func sevpeb_save_iterate(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?,
                                 _ maxBytes: UInt64) -> Int32 {
@@ -254,6 +267,7 @@ public func sevpeb_save_pending(_ t: OpaquePointer?) -> UInt64 {
     withHandle(t, 0) { h in h.save.pendingBytes(h.tracker) }
 }
 
+// SAFETY: opaque is the caller's value, handed back to its write callback, never dereferenced here.
 @c @implementation
 public func sevpeb_save_complete(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -271,6 +285,7 @@ public func sevpeb_save_cleanup(_ t: OpaquePointer?) {
     withHandle(t, ()) { h in h.save.cleanup() }
 }
 
+// SAFETY: st is checked for NULL and written once.
 @c @implementation
 public func sevpeb_save_get_stats(_ t: OpaquePointer?, _ st: UnsafeMutablePointer<sevpeb_save_stats>!) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -299,6 +314,7 @@ public func sevpeb_load_setup(_ t: OpaquePointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in h.load.setup(); return 0 }
 }
 
+// SAFETY: opaque is the caller's value, handed back to its read callback, never dereferenced here.
 @c @implementation
 public func sevpeb_load_state(_ t: OpaquePointer?, _ read: sevpeb_read_fn?, _ opaque: UnsafeMutableRawPointer?,
                               _ version: UInt32) -> Int32 {

@@ -18,6 +18,7 @@ final class Handle {
 }
 
 /// Borrow the handle without retain/release (the caller owns it).
+// SAFETY: h is a handle sevpeb_tracker_create returned (the header makes a bad one undefined behaviour); borrowed without retain for the call, the caller keeps its reference.
 @inline(__always) func withHandle<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Handle) -> R) -> R {
     guard let h else {
         setLastError(SevError(EINVAL, "tracker handle is NULL"))
@@ -50,7 +51,9 @@ func setLastError(_ e: SevError) {
 /// Writes through the caller's sevpeb_write_fn.
 struct CWriter: ByteSink {
     let fn: sevpeb_write_fn
+    // SAFETY: the caller's opaque value, passed back to its callback untouched, never dereferenced here.
     let opaque: UnsafeMutableRawPointer?
+    // SAFETY: p is our own output buffer of p.count bytes; the callback reads it for the call only (header: sevpeb_write_fn).
     mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError) {
         guard let base = p.baseAddress, p.count > 0 else { return }
         let r = fn(opaque, base.assumingMemoryBound(to: UInt8.self), p.count)
@@ -61,8 +64,10 @@ struct CWriter: ByteSink {
 /// Reads through the caller's sevpeb_read_fn.
 struct CReader: ByteSource {
     let fn: sevpeb_read_fn
+    // SAFETY: the caller's opaque value, passed back to its callback untouched, never dereferenced here.
     let opaque: UnsafeMutableRawPointer?
     var consumed = 0
+    // SAFETY: p is our own scratch of p.count bytes; the callback fills at most p.count of them (header: sevpeb_read_fn).
     mutating func read(_ p: UnsafeMutableRawBufferPointer) throws(SevError) {
         guard let base = p.baseAddress, p.count > 0 else { return }
         let r = fn(opaque, base.assumingMemoryBound(to: UInt8.self), p.count)

@@ -27,6 +27,7 @@ public func sevpeb_kvm_enable_hypercall_exit(_ t: OpaquePointer?) -> Int32 {
     withHandle(t, -EINVAL) { h in cCall { () throws(SevError) -> Int32 in _ = try h.kvm.enableHypercallExit(); return 0 } }
 }
 
+// SAFETY: run is checked for NULL; it is the vCPU's mmap'ed kvm_run, valid while the VMM handles this exit (header).
 @c @implementation
 public func sevpeb_kvm_handle_hypercall(_ t: OpaquePointer?, _ run: UnsafeMutablePointer<kvm_run>?) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -50,6 +51,7 @@ public func sevpeb_kvm_install_msr_filter(_ t: OpaquePointer?, _ flags: UInt32) 
     }
 }
 
+// SAFETY: range and bitmap are checked for NULL; one range struct and one bitmap byte are written, as the header documents.
 @c @implementation
 public func sevpeb_kvm_msr_filter_range(_ range: UnsafeMutablePointer<kvm_msr_filter_range>?, _ bitmap: UnsafeMutablePointer<UInt8>?) -> Int32 {
     guard let range, let bitmap else {
@@ -60,6 +62,7 @@ public func sevpeb_kvm_msr_filter_range(_ range: UnsafeMutablePointer<kvm_msr_fi
     return 0
 }
 
+// SAFETY: run is checked for NULL; it is the vCPU's mmap'ed kvm_run, valid while the VMM handles this exit (header).
 @c @implementation
 public func sevpeb_kvm_handle_msr_exit(_ t: OpaquePointer?, _ run: UnsafeMutablePointer<kvm_run>?) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -70,6 +73,7 @@ public func sevpeb_kvm_handle_msr_exit(_ t: OpaquePointer?, _ run: UnsafeMutable
     }
 }
 
+// SAFETY: eax is checked for NULL and written once.
 @c @implementation
 public func sevpeb_kvm_cpuid_features(_ t: OpaquePointer?, _ eax: UnsafeMutablePointer<UInt32>?) -> Int32 {
     withHandle(t, -EINVAL) { h in
@@ -98,6 +102,7 @@ public func sevpeb_kvm_apply_memory_attributes(_ t: OpaquePointer?) -> Int32 {
     }
 }
 
+// SAFETY: dst is checked for NULL and written within ceil(npages/8) bytes, checked against len first.
 @c @implementation
 public func sevpeb_kvm_kernel_get_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
                                          _ dst: UnsafeMutablePointer<UInt8>?, _ len: Int) -> Int32 {
@@ -110,6 +115,7 @@ public func sevpeb_kvm_kernel_get_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ n
     }
 }
 
+// SAFETY: src may be NULL (all private); otherwise read within ceil(npages/8) bytes, checked against len first (kernelSetBitmap).
 @c @implementation
 public func sevpeb_kvm_kernel_set_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
                                          _ src: UnsafePointer<UInt8>?, _ len: Int) -> Int32 {
@@ -121,6 +127,7 @@ public func sevpeb_kvm_kernel_set_bitmap(_ t: OpaquePointer?, _ gfn: UInt64, _ n
     }
 }
 
+// SAFETY: npages is checked for NULL and written once.
 @c @implementation
 public func sevpeb_kvm_kernel_bitmap_size(_ t: OpaquePointer?, _ npages: UnsafeMutablePointer<UInt64>?) -> Int32 {
     withHandle(t, -EINVAL) { h in

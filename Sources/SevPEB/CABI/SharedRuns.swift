@@ -1,6 +1,7 @@
 import CSevPEB
 import CSevPEBShims
 
+// SAFETY: runs is checked for NULL and written only below max_runs entries, as the header requires the caller to provide.
 @c @implementation
 public func sevpeb_shared_runs(_ t: OpaquePointer?, _ from: UInt64, _ runs: UnsafeMutablePointer<sevpeb_run>!,
                                _ max: Int) -> Int64 {

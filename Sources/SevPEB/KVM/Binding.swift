@@ -60,7 +60,7 @@ enum SeedDialect {
 /// together, so a reader never sees the fd of one binding with the state of
 /// another), so vCPU threads never wait for a sync.
 public final class KVMBinding {
-    let lock: UnsafeMutablePointer<pthread_mutex_t>
+    private let lock: Lock
     /// 0 = unbound; else bits 0-31 the fd, 32-39 the dialect's raw value,
     /// 40-47 `State`.
     let word = Atomic<UInt64>(0)
@@ -76,20 +76,17 @@ public final class KVMBinding {
         static let msrFilterByVMM = State(rawValue: 8)
     }
 
-    private init(_ m: UnsafeMutablePointer<pthread_mutex_t>) { lock = m }
-    deinit { sevpeb_shim_mutex_free(lock) }
+    private init(_ m: consuming Lock) { lock = m }
 
     /// A binding to nothing. (A factory: Embedded Swift 6.3 leaks objects
     /// whose throwing init fails.)
     public static func create() throws(SevError) -> KVMBinding {
-        guard let m = sevpeb_shim_mutex_new() else { throw .noMemory("KVM binding mutex") }
+        guard let m = Lock.make() else { throw .noMemory("KVM binding mutex") }
         return KVMBinding(m)
     }
 
-    @inline(__always) func locked<R>(_ body: () throws(SevError) -> R) throws(SevError) -> R {
-        sevpeb_shim_mutex_lock(lock)
-        defer { sevpeb_shim_mutex_unlock(lock) }
-        return try body()
+    @inline(__always) func locked<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        try lock.withLock(body)
     }
 
     /// One consistent reading of the binding.
@@ -153,33 +150,15 @@ public final class KVMBinding {
     /// Forget the VM fd (not closed: the VMM owns it) and what was set up on
     /// it. KVM keeps whatever was enabled; the CPUID answer becomes 0.
     public func unbind() {
-        sevpeb_shim_mutex_lock(lock)
-        word.store(0, ordering: .releasing)
-        v6Covered = 0
-        sevpeb_shim_mutex_unlock(lock)
+        locked {
+            word.store(0, ordering: .releasing)
+            v6Covered = 0
+        }
     }
 }
 
 /// An ioctl failure as a SevError naming the call: "<what>: errno 22 (EINVAL)".
 func kvmError(_ e: Errno, _ what: String) -> SevError {
-    SevError(e.rawValue, "\(what) failed: errno \(e.rawValue) (\(errnoName(e.rawValue)))")
+    SevError(e.rawValue, "\(what) failed: errno \(e.rawValue) (\(errnoSymbol(e.rawValue).map { "\($0)" } ?? "?"))")
 }
 
-func errnoName(_ e: Int32) -> String {
-    switch e {
-    case EBADF: return "EBADF"
-    case EINVAL: return "EINVAL"
-    case ENOTTY: return "ENOTTY"
-    case EFAULT: return "EFAULT"
-    case ENOMEM: return "ENOMEM"
-    case EPERM: return "EPERM"
-    case EBUSY: return "EBUSY"
-    case EOPNOTSUPP: return "EOPNOTSUPP"
-    case ENOSYS: return "ENOSYS"
-    case EAGAIN: return "EAGAIN"
-    case EINTR: return "EINTR"
-    case ENXIO: return "ENXIO"
-    case EIO: return "EIO"
-    default: return "?"
-    }
-}

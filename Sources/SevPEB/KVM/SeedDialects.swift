@@ -41,6 +41,7 @@ extension KVMBinding {
     /// an SEV guest), ENOMEM, EFAULT.
     ///
     /// The corresponding C ioctl is `KVM_GET_PAGE_ENC_BITMAP` (v6 0x4018AEC5, v7-v9 0x4018AEC6).
+    // SAFETY: dst is valid for ceil(n/8) bytes (callers size it); the kernel writes within the range the ioctl names.
     func seedRawGet(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutableRawPointer) throws(SevError) {
         var arg = sevpeb_kvm_page_enc_bitmap()
         arg.start_gfn = gfn
@@ -68,6 +69,7 @@ extension KVMBinding {
     /// Errors: ENOTTY, ENOMEM, EFAULT.
     ///
     /// The corresponding C ioctl is `KVM_SET_PAGE_ENC_BITMAP` (v6 0x4018AEC6, v7-v9 0x4018AEC7).
+    // SAFETY: src (if not NULL) is valid for ceil(n/8) bytes (callers size it); the kernel only reads it.
     func seedRawSet(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ src: UnsafeMutableRawPointer?) throws(SevError) {
         var arg = sevpeb_kvm_page_enc_bitmap()
         arg.start_gfn = gfn
@@ -130,6 +132,7 @@ extension KVMBinding {
     /// 1 = private; bits of the last byte above n kept), in pieces.
     /// - Throws: EINVAL (n == 0, overflow), ENOSPC (dstLen < ceil(n/8)),
     ///   EBADF, EOPNOTSUPP (upstream), ioctl errnos.
+    // SAFETY: dst is valid for dstLen bytes (C caller, checked non-NULL); ceil(n/8) <= dstLen is checked before it is written.
     public func kernelGetBitmap(_ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>, _ dstLen: Int) throws(SevError) {
         try locked { () throws(SevError) in
             let b = try requireSeed("kernel GET_PAGE_ENC_BITMAP")
@@ -144,6 +147,7 @@ extension KVMBinding {
     /// 1 = private); `src` nil makes the range private. Other GFNs keep their
     /// kernel state (v6: up to the layout's end and what sevpeb has written;
     /// see the file comment).
+    // SAFETY: src (if not nil) is valid for srcLen bytes (C caller); ceil(n/8) <= srcLen is checked before it is read.
     public func kernelSetBitmap(_ tracker: Tracker, _ gfn: UInt64, _ n: UInt64, _ src: UnsafePointer<UInt8>?, _ srcLen: Int) throws(SevError) {
         try locked { () throws(SevError) in
             let b = try requireSeed("kernel SET_PAGE_ENC_BITMAP")
@@ -246,6 +250,7 @@ extension KVMBinding {
         }
     }
 
+    // SAFETY: dst is valid for ceil(n/8) bytes; each piece is written at its own byte offset within that.
     func getChunked(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>) throws(SevError) {
         var off: UInt64 = 0
         while off < n {
@@ -332,6 +337,7 @@ extension KVMBinding {
         }
         if !differs { return }
         if needReset { try seedRawReset(fd, .v6) }
+        // SAFETY: new is the Mem buffer of `bytes` = ceil(total/8) bytes that the SET of total pages reads.
         try seedRawSet(fd, .v6, 0, total, UnsafeMutableRawPointer(new))
         v6Covered = max(v6Covered, total)
     }

@@ -99,6 +99,7 @@ extension KVMBinding {
             var filter = kvm_msr_filter()
             filter.flags = UpstreamKVM.msrFilterDefaultAllow
             do throws(Errno) {
+                // SAFETY: p points at `deny` only for the closure, which issues the ioctl that reads it.
                 try withUnsafeMutablePointer(to: &deny) { (p) throws(Errno) in
                     filter.ranges.0 = kvm_msr_filter_range(flags: UpstreamKVM.msrFilterReadWrite, nmsrs: 1,
                                                            base: MigrationControl.msr, bitmap: p)
@@ -177,6 +178,7 @@ public enum KVMExits {
     /// - Returns: 1 handled (ret written), 0 not ours (another exit reason or
     ///   hypercall number: left to the VMM, `run` untouched).
     /// - Safety: `run` points at a whole struct kvm_run (the vCPU's mmap).
+    // SAFETY: run is the vCPU's kvm_run (checked non-NULL by the C entry point); only the hypercall union member is read, after exit_reason says it is one.
     public static func handleHypercall(_ run: UnsafeMutablePointer<kvm_run>, _ tracker: Tracker) -> (handled: Bool, error: SevError?) {
         guard sevpeb_shim_run_exit_reason(run).pointee == UpstreamKVM.exitHypercall,
               sevpeb_shim_run_hypercall_nr(run).pointee == MapGPARange.nr else { return (false, nil) }
@@ -198,6 +200,7 @@ public enum KVMExits {
     /// offline, docs/SOURCES.md §3.5); it travels in the migration stream.
     /// - Returns: 1 handled, 0 not ours (other exit reason or MSR index).
     /// - Safety: `run` points at a whole struct kvm_run.
+    // SAFETY: run is the vCPU's kvm_run (checked non-NULL by the C entry point); only the msr union member is used, after exit_reason says it is one.
     public static func handleMSRExit(_ run: UnsafeMutablePointer<kvm_run>, _ tracker: Tracker) -> (handled: Bool, error: SevError?) {
         let reason = sevpeb_shim_run_exit_reason(run).pointee
         guard reason == UpstreamKVM.exitRDMSR || reason == UpstreamKVM.exitWRMSR,
@@ -221,6 +224,7 @@ public enum KVMExits {
     /// filter: read+write, MSR_KVM_MIGRATION_CONTROL only, denied (so the
     /// access exits with KVM_MSR_EXIT_REASON_FILTER). `bitmap` gets one zero
     /// byte and must outlive the VMM's KVM_X86_SET_MSR_FILTER call.
+    // SAFETY: range and bitmap are the caller's (checked non-NULL); bitmap is one byte, range one struct.
     public static func msrFilterRange(_ range: UnsafeMutablePointer<kvm_msr_filter_range>, _ bitmap: UnsafeMutablePointer<UInt8>) {
         bitmap.pointee = 0
         range.pointee = kvm_msr_filter_range(flags: UpstreamKVM.msrFilterReadWrite, nmsrs: 1,

@@ -55,10 +55,10 @@ public struct VMFD: RawRepresentable, Hashable {
     ///   documents for the duration of the call.
     @inline(__always)
     func ioctl<T>(_ req: IoctlRequest, writing arg: inout T) throws(Errno) -> Int32 {
+        let fd = rawValue
         // SAFETY: `arg` is a live, correctly sized T (the request's size field
         // is MemoryLayout<T>.size, see IoctlNumbers.swift); the kernel reads
         // at most that many bytes from it.
-        let fd = rawValue
         return try valueOrErrno { withUnsafeMutablePointer(to: &arg) { sevpeb_shim_ioctl_ptr(fd, req.rawValue, $0) } }
     }
 

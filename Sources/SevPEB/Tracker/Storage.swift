@@ -46,6 +46,7 @@ struct Group {
     /// Blocks of the mixed chunks, in chunk order: the block of chunk c is
     /// at index popcount(mixed & (1 << c) - 1) ("rank"). Compact, so a group
     /// with one mixed chunk costs one pointer, not 64.
+    // SAFETY: a Mem array of blockCap entries, popcount(mixed) of them non-nil Mem blocks of blockWords words; owned by the group.
     var blocks: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>?>? = nil
     var hash: UInt64 = 0     // cached group hash, valid iff hashValid
     var sharedPages: UInt32 = 0 // cached shared pages in the group, valid iff hashValid
@@ -57,6 +58,7 @@ struct Group {
 struct SlotRec {
     var base: UInt64
     var pages: UInt64
+    // SAFETY: a Mem array of groupCount groups, owned by the slot record, freed with the slot.
     var groups: UnsafeMutablePointer<Group>
     var groupCount: Int
     var end: UInt64 { base &+ pages }

@@ -11,6 +11,7 @@ extension Tracker {
     /// `out`. The range must lie in both layouts. Each piece is read from
     /// each tracker at one instant; compare with updates stopped for an
     /// exact answer. Returns (differing pages, GFNs stored).
+    // SAFETY: out (if maxOut > 0, checked non-NULL) holds maxOut entries, written below it; bufA/bufB are Mem buffers of comparePiece/64 words, viewed as bytes for getBitmap (UInt8 may alias any memory).
     public func countDifferences(_ other: Tracker, _ gfn: UInt64, _ n: UInt64,
                                  _ out: UnsafeMutablePointer<UInt64>?, _ maxOut: Int) throws(SevError) -> (count: UInt64, stored: Int) {
         if n == 0 { throw .invalid("npages 0: must be > 0") }

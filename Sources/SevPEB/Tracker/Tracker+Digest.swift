@@ -23,11 +23,43 @@ extension Tracker {
         return x.finish()
     }
 
-    /// Hash of chunk c of slot s (lock held).
+    /// Digest of the whole state (layout and bits), one consistent snapshot.
+    public func digest() -> UInt64 { locked { $0.summary().digest } }
+
+    /// Digest and page counts in one consistent snapshot (the FINAL record).
+    public func summary() -> (digest: UInt64, pages: UInt64, shared: UInt64) { locked { $0.summary() } }
+
+    /// Recompute stale group hashes, taking the lock once per group, so that
+    /// a later `digest()` (at downtime) only hashes what changed since.
+    public func refreshDigestCache() {
+        var s = 0
+        var gi = 0
+        while true {
+            let more = locked { e -> Bool in
+                while s < e.slotCount {
+                    if gi < e.slots[s].groupCount {
+                        e.groupSummary(s, gi)
+                        gi &+= 1
+                        return true
+                    }
+                    s &+= 1; gi = 0
+                }
+                return false
+            }
+            if !more {
+                _ = locked { $0.summary() }   // O(groups), all cached now
+                return
+            }
+        }
+    }
+}
+
+extension Engine {
+    /// Hash of chunk c of slot s.
     func chunkHash(_ s: Int, _ c: UInt64) -> UInt64 {
         let g = group(s, c)
         let bit = c & 63
-        let len = Geometry.chunkLen(c, slots![s].pages)
+        let len = Geometry.chunkLen(c, slots[s].pages)
         if let u = uniformValue(g, bit) {
             if len == Geometry.chunkPages { return u ? Tracker.privateChunkHash : Tracker.sharedChunkHash }
             return Tracker.uniformHash(len: len, value: u)
@@ -40,12 +72,12 @@ extension Tracker {
         return h
     }
 
-    /// Hash and shared-page count of group gi of slot s (lock held), cached.
+    /// Hash and shared-page count of group gi of slot s, cached.
     @discardableResult
     func groupSummary(_ s: Int, _ gi: Int) -> (hash: UInt64, shared: UInt64) {
-        let g = slots![s].groups + gi
+        let g = slots[s].groups + gi
         if g.pointee.hashValid { return (g.pointee.hash, UInt64(g.pointee.sharedPages)) }
-        let pages = slots![s].pages
+        let pages = slots[s].pages
         let nch = Geometry.chunks(pages)
         let first = UInt64(gi) &<< 6
         let last = min(nch, first &+ 64)
@@ -70,20 +102,20 @@ extension Tracker {
         return (h, shared)
     }
 
-    /// Digest and page counts of the whole state (lock held): O(1) when
+    /// Digest and page counts of the whole state: O(1) when
     /// nothing changed since the last call, else O(groups) plus the changed
     /// chunks' hashes.
-    func summaryLocked() -> (digest: UInt64, pages: UInt64, shared: UInt64) {
+    func summary() -> (digest: UInt64, pages: UInt64, shared: UInt64) {
         if summaryCache.gen == stateGeneration {
             return (summaryCache.digest, summaryCache.pages, summaryCache.shared)
         }
         var x = XXH3()
         var pages: UInt64 = 0, shared: UInt64 = 0
         for s in 0..<slotCount {
-            x.add(slots![s].base)
-            x.add(slots![s].pages)
-            pages &+= slots![s].pages
-            for gi in 0..<slots![s].groupCount {
+            x.add(slots[s].base)
+            x.add(slots[s].pages)
+            pages &+= slots[s].pages
+            for gi in 0..<slots[s].groupCount {
                 let (h, sh) = groupSummary(s, gi)
                 x.add(h)
                 shared &+= sh
@@ -92,35 +124,5 @@ extension Tracker {
         let d = x.finish()
         summaryCache = (stateGeneration, d, pages, shared)
         return (d, pages, shared)
-    }
-
-    /// Digest of the whole state (layout and bits), one consistent snapshot.
-    public func digest() -> UInt64 { withLock { summaryLocked().digest } }
-
-    /// Digest and page counts in one consistent snapshot (the FINAL record).
-    public func summary() -> (digest: UInt64, pages: UInt64, shared: UInt64) { withLock { summaryLocked() } }
-
-    /// Recompute stale group hashes, taking the lock once per group, so that
-    /// a later `digest()` (at downtime) only hashes what changed since.
-    public func refreshDigestCache() {
-        var s = 0
-        var gi = 0
-        while true {
-            let more = withLock { () -> Bool in
-                while s < slotCount {
-                    if gi < slots![s].groupCount {
-                        groupSummary(s, gi)
-                        gi &+= 1
-                        return true
-                    }
-                    s &+= 1; gi = 0
-                }
-                return false
-            }
-            if !more {
-                _ = withLock { summaryLocked() }   // O(groups), all cached now
-                return
-            }
-        }
     }
 }
