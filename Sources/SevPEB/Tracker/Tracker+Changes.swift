@@ -2,10 +2,11 @@ import Synchronization
 /// Change tracking for live migration.
 ///
 /// Every update sets its chunk's dirty bit under the lock *after* changing
-/// the bits; `takeNextChunk` copies a chunk and clears its dirty bit under
-/// the same lock. So a change racing with the chunk's transmission either
-/// happened before the copy (and is in it) or sets the bit again (and the
-/// chunk is sent again later): nothing is lost, nothing is torn.
+/// the bits; `takeChunks` clears a chunk's dirty bit and hands its bits to
+/// the encoder under the same lock. So a change racing with the chunk's
+/// transmission either happened before the encoder read it (and is in the
+/// record) or sets the bit again (and the chunk is sent again later): nothing
+/// is lost, nothing is torn.
 extension Tracker {
     public enum ChunkKind { case allPrivate, allShared, mixed }
 
@@ -13,9 +14,6 @@ extension Tracker {
         public var gfn: UInt64
         public var pages: Int
         public var kind: ChunkKind
-        /// Nothing was taken: the layout generation is not the one the
-        /// caller passed (its stream must declare the new layout first).
-        public var layoutChanged = false
     }
 
     public enum TakeMode {
@@ -30,20 +28,29 @@ extension Tracker {
     /// Number of chunks changed since last taken (cheap, no lock).
     public var pendingChunks: Int { dirtyChunks.load(ordering: .relaxed) }
 
-    /// Take the first chunk at or after GFN `cursor` that `mode` selects:
-    /// copy its bits into `buf` (Geometry.chunkWords words, when mixed),
-    /// clear its dirty bit, and make it uniform if its block turned out to
-    /// be. Returns nil when no chunk is left after `cursor`. With
-    /// `layoutGeneration`, takes nothing and returns a snapshot with
-    /// `layoutChanged` set if the layout is no longer that generation (checked
-    /// under the same lock as the take).
-    public func takeNextChunk(from cursor: UInt64, mode: TakeMode,
-                              into buf: UnsafeMutablePointer<UInt64>,
-                              layoutGeneration gen: UInt64? = nil) -> ChunkSnapshot? {
-        withLock { () -> ChunkSnapshot? in
-            if let gen, gen != layoutGeneration {
-                return ChunkSnapshot(gfn: 0, pages: 0, kind: .allPrivate, layoutChanged: true)
-            }
+    /// How a `takeChunks` batch ended.
+    public enum TakeEnd {
+        /// No chunk is left after the cursor.
+        case end
+        /// The visitor asked to stop (it took the chunk it was given).
+        case stopped
+        /// Nothing was taken: the layout generation is not the one the
+        /// caller passed (its stream must declare the new layout first).
+        case layoutChanged
+    }
+
+    /// Take the chunks at or after GFN `cursor` that `mode` selects, in
+    /// order, under one lock round trip: for each, clear its dirty bit, make
+    /// it uniform if its block turned out to be, and hand it to `visit` with
+    /// its block's bits (Geometry.chunkWords words, when mixed; valid only
+    /// during the call, which runs with the lock held and must not call back
+    /// into the tracker). `visit` returns false to stop after that chunk.
+    /// Takes nothing and returns `.layoutChanged` if the layout is no longer
+    /// generation `gen` (checked under the same lock).
+    public func takeChunks(from cursor: UInt64, mode: TakeMode, layoutGeneration gen: UInt64,
+                           _ visit: (ChunkSnapshot, UnsafePointer<UInt64>?) -> Bool) -> TakeEnd {
+        withLock { () -> TakeEnd in
+            if gen != layoutGeneration { return .layoutChanged }
             var s = firstSlotEndingAfter(cursor)
             var first = true
             while s < slotCount {
@@ -81,11 +88,13 @@ extension Tracker {
                     }
                     let chunk = (c & ~63) | bit
                     clearDirty(g, 1 &<< bit)
-                    return snapshot(s, chunk, g, bit, buf)
+                    let (snap, bits) = view(s, chunk, g, bit)
+                    if !visit(snap, bits) { return .stopped }
+                    c = chunk &+ 1
                 }
                 s &+= 1
             }
-            return nil
+            return .end
         }
     }
 
@@ -97,33 +106,38 @@ extension Tracker {
         }
     }
 
-    func snapshot(_ s: Int, _ c: UInt64, _ g: UnsafeMutablePointer<Group>, _ bit: UInt64,
-                  _ buf: UnsafeMutablePointer<UInt64>) -> ChunkSnapshot {
+    /// Chunk c of slot s as the encoder sees it: uniform, or mixed with its
+    /// block. A block that turned out uniform is freed first. The check stops
+    /// at the first word pair that shows both states (random bits: one word).
+    func view(_ s: Int, _ c: UInt64, _ g: UnsafeMutablePointer<Group>, _ bit: UInt64)
+        -> (ChunkSnapshot, UnsafePointer<UInt64>?) {
         let sl = slots![s]
         let gfn = sl.base &+ (c &<< UInt64(Geometry.chunkShift))
         let len = Geometry.chunkLen(c, sl.pages)
         if let u = uniformValue(g, bit) {
-            return ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared)
+            return (ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared), nil)
         }
         let blk = block(g, bit)
         let words = (len &+ 63) &>> 6
         var andAll: UInt64 = ~0, orAll: UInt64 = 0
-        for i in 0..<words {
+        var i = 0
+        while i < words {
             var w = blk[i]
-            buf[i] = w
             orAll |= w
             if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
             andAll &= w
+            if orAll != 0 && andAll != ~0 { break }
+            i &+= 1
         }
         if andAll == ~0 {
             setUniform(g, bit, true)   // a block that became all private: free it
-            return ChunkSnapshot(gfn: gfn, pages: len, kind: .allPrivate)
+            return (ChunkSnapshot(gfn: gfn, pages: len, kind: .allPrivate), nil)
         }
         if orAll == 0 {
             setUniform(g, bit, false)
-            return ChunkSnapshot(gfn: gfn, pages: len, kind: .allShared)
+            return (ChunkSnapshot(gfn: gfn, pages: len, kind: .allShared), nil)
         }
-        return ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed)
+        return (ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed), UnsafePointer(blk))
     }
 
     /// The current layout generation (changes on every add/remove/resize).

@@ -72,6 +72,18 @@ public enum Wire {
 
     /// Bytes of a FINAL record, type byte included.
     public static let finalBytes = 1 + Record.final.fixedBodyBytes
+    /// Bytes of one LAYOUT slot entry (be64 base_gfn, be64 npages).
+    public static let layoutSlotBytes = 16
+    /// Bytes of one RUNS entry (be16 offset, be16 length-1).
+    public static let runBytes = 4
+    /// Bytes of a BITS record for `npages` pages, type byte included.
+    @inline(__always) public static func bitsRecordBytes(pages: Int) -> Int {
+        1 &+ Record.bits.fixedBodyBytes &+ ((pages &+ 7) &>> 3)
+    }
+    /// Bytes of a RUNS record with `runs` runs, type byte included.
+    @inline(__always) public static func runsRecordBytes(runs: Int) -> Int {
+        1 &+ Record.runs.fixedBodyBytes &+ runs &* runBytes
+    }
 }
 
 /// Where encoded bytes go. Generic (not an existential) so it works in

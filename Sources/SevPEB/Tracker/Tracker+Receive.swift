@@ -1,0 +1,49 @@
+/// The decoder's fast path for a BITS or RUNS record that covers exactly one
+/// chunk (every mixed chunk a source sends): the record is written straight
+/// into the chunk's block, no staging copy (issue 13, phase 2).
+extension Tracker {
+    /// If [gfn, gfn+n) is exactly one whole chunk, give `write` that chunk's
+    /// block (Geometry.chunkWords words; its current bits, all ones for a
+    /// private chunk, all zeros for a shared one) to overwrite with the new
+    /// bits (bits at or above n left zero), then make the chunk uniform if
+    /// the new bits are, else cache its chunk hash while the block is in
+    /// cache (the FINAL digest then reads no block again). Returns false,
+    /// having done nothing, when the range is not one chunk. An error from
+    /// `write` leaves the block with whatever it wrote: for the decoder's
+    /// staging tracker only, which is discarded on any error.
+    public func receiveChunk(_ gfn: UInt64, _ n: UInt64,
+                      _ write: (UnsafeMutablePointer<UInt64>) throws(SevError) -> Void) throws(SevError) -> Bool {
+        try withLock { () throws(SevError) -> Bool in
+            guard let s = slotIndex(containing: gfn) else { return false }
+            let rel = gfn &- slots![s].base
+            if rel & UInt64(Geometry.chunkPages &- 1) != 0 { return false }
+            let c = rel &>> UInt64(Geometry.chunkShift)
+            let len = Geometry.chunkLen(c, slots![s].pages)
+            if n != UInt64(len) { return false }
+            let g = group(s, c)
+            let bit = c & 63
+            if !materialize(s, c) { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
+            let blk = block(g, bit)
+            try write(blk)
+            markChanged(g, bit)
+            let words = (len &+ 63) &>> 6
+            var andAll: UInt64 = ~0, orAll: UInt64 = 0
+            var i = 0
+            while i < words {
+                var w = blk[i]
+                orAll |= w
+                if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
+                andAll &= w
+                if orAll != 0 && andAll != ~0 { break }
+                i &+= 1
+            }
+            if andAll == ~0 || orAll == 0 {
+                setUniform(g, bit, andAll == ~0)   // frees the block: the next chunk reuses its memory
+            } else {
+                blk[Geometry.chunkWords] = XXH3.hash(words: blk, count: words)
+                g.pointee.hashOK |= 1 &<< bit
+            }
+            return true
+        }
+    }
+}
