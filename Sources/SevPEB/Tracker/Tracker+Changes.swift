@@ -1,4 +1,5 @@
 import Synchronization
+import CSevPEBHash
 /// Change tracking for live migration.
 ///
 /// Every update sets its chunk's dirty bit under the lock *after* changing
@@ -89,6 +90,14 @@ extension Tracker {
                     let chunk = (c & ~63) | bit
                     clearDirty(g, 1 &<< bit)
                     let (snap, bits) = view(s, chunk, g, bit)
+                    if bits != nil {
+                        // Start reading the group's next block while this one is written.
+                        let later = g.pointee.mixed & ~((2 &<< bit) &- 1)
+                        if later != 0 {
+                            let nb = block(g, UInt64(later.trailingZeroBitCount))
+                            spb_prefetch(nb, Geometry.chunkWords &* 8)
+                        }
+                    }
                     if !visit(snap, bits) { return .stopped }
                     c = chunk &+ 1
                 }
