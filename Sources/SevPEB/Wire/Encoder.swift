@@ -68,9 +68,11 @@ struct RecordWriter<S: ByteSink> {
 /// setup / iterate / complete (docs/FORMAT.md, "Live migration").
 public final class SaveSession {
     public private(set) var active = false
-    var cursor: UInt64 = 0
-    var sentLayoutGeneration: UInt64 = 0
-    var sentControl: UInt64 = 0
+    /// Where the next chunk pass resumes, and what the destination was last
+    /// sent: the session's own state, written by its encoders only.
+    private(set) var cursor: UInt64 = 0
+    private(set) var sentLayoutGeneration: UInt64 = 0
+    private(set) var sentControl: UInt64 = 0
     let out: UnsafeMutablePointer<UInt8>
     static let outCap = 16384
     /// Room the chunk writer needs before taking one more chunk: a pending
