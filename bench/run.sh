@@ -20,7 +20,8 @@
 #   4. Wall-clock suite -> bench/out/results.json; callgrind instruction counts
 #      -> bench/out/callgrind.json (skipped if valgrind is missing).
 #   5. bench/report.py -> docs/PERFORMANCE.md (machine description, every figure
-#      against its goal and peer, trials/out/ figures if present).
+#      against its goal and peer, before/after against the committed run in
+#      bench/baseline/phase1/ (issue 13), trials/out/ figures if present).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
