@@ -3,17 +3,16 @@
 /// into the chunk's block, no staging copy (issue 13, phase 2).
 extension Tracker {
     /// If [gfn, gfn+n) is exactly one whole chunk, give `write` that chunk's
-    /// block (Geometry.chunkWords words; its current bits, all ones for a
-    /// private chunk, all zeros for a shared one; the flag says whether they
-    /// are all ones) to overwrite with the new bits (bits at or above n left
-    /// zero), then make the chunk uniform if
+    /// block (Geometry.chunkWords words: its current bits if it is mixed,
+    /// zeros if it was uniform, so a BITS record is not preceded by a fill)
+    /// to overwrite with the new bits (bits at or above n left zero), then make the chunk uniform if
     /// the new bits are, else cache its chunk hash while the block is in
     /// cache (the FINAL digest then reads no block again). Returns false,
     /// having done nothing, when the range is not one chunk. An error from
     /// `write` leaves the block with whatever it wrote: for the decoder's
     /// staging tracker only, which is discarded on any error.
     public func receiveChunk(_ gfn: UInt64, _ n: UInt64,
-                      _ write: (UnsafeMutablePointer<UInt64>, Bool) throws(SevError) -> Void) throws(SevError) -> Bool {
+                      _ write: (UnsafeMutablePointer<UInt64>) throws(SevError) -> Void) throws(SevError) -> Bool {
         try withLock { () throws(SevError) -> Bool in
             guard let s = slotIndex(containing: gfn) else { return false }
             let rel = gfn &- slots![s].base
@@ -23,10 +22,16 @@ extension Tracker {
             if n != UInt64(len) { return false }
             let g = group(s, c)
             let bit = c & 63
-            let wasPrivate = uniformValue(g, bit) == true
-            if !materialize(s, c) { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
+            // A uniform chunk gets a zero block (as if shared: no fill of
+            // ones that the record would overwrite); restored if that fails.
+            let prior = uniformValue(g, bit)
+            if prior == true { setUniform(g, bit, false) }
+            if !materialize(s, c) {
+                if let p = prior { setUniform(g, bit, p) }
+                throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
+            }
             let blk = block(g, bit)
-            try write(blk, wasPrivate)
+            try write(blk)
             markChanged(g, bit)
             let words = (len &+ 63) &>> 6
             var andAll: UInt64 = ~0, orAll: UInt64 = 0

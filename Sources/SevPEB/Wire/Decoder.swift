@@ -221,7 +221,7 @@ public final class LoadSession {
             // A whole chunk (what a source sends): read straight into its block.
             // (Errors are the record's own, already labelled; the staging
             // tracker is dropped on any.)
-            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk, _) throws(SevError) in
+            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
                 try readBits(&src, UnsafeMutableRawPointer(blk), nb, n, at)
                 #if _endian(big)
                 for i in 0..<((nb &+ 7) &>> 3) { blk[i] = UInt64(littleEndian: blk[i]) }
@@ -242,8 +242,8 @@ public final class LoadSession {
             if nr == 0 || nr > n / 2 &+ 1 {
                 throw SevError(EMSGSIZE, "RUNS at offset \(at): nruns \(nr) (expected 1..\(n / 2 &+ 1) for \(n) pages)")
             }
-            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk, allPrivate) throws(SevError) in
-                if !allPrivate { Bits.fill(blk, from: 0, to: Int(n), value: true) }
+            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
+                Bits.fill(blk, from: 0, to: Int(n), value: true)
                 try readRuns(&src, blk, nr, n, at)
             }
             if !direct {
