@@ -123,7 +123,8 @@ def before_after(F, cg):
     B = {f["id"]: f for f in res["figures"]}
     L = ["## Issue 13, phase 2: before and after", "",
          f"Before: the archive at commit {bm.get('commit', '?')} (phase 1), a full run of this suite on "
-         f"{bm.get('date', '?')} on this machine, kept in `bench/baseline/phase1/`. After: this run. Ratios "
+         f"{bm.get('date', '?')} on this machine (load average {bm.get('load', '?')}), kept in "
+         f"`bench/baseline/phase1/`. After: this run. Ratios "
          "are sevpeb / peer (min / **median** / max), each measured side by side with its peer in one "
          "process, so the two runs can be compared although the machine's load differs. The lock-free "
          "update path (`storm_atomic`, `single_atomic`) is not part of phase 2 here (the tracker's "
@@ -285,7 +286,7 @@ def report(d, outpath):
     L.append("")
     L.append("| | |")
     L.append("|---|---|")
-    for k in ("date", "commit", "cpu", "cpus", "hypervisor", "mem", "kernel", "os", "gcc", "swift",
+    for k in ("date", "commit", "load", "cpu", "cpus", "hypervisor", "mem", "kernel", "os", "gcc", "swift",
               "valgrind", "qemu_source", "lscpu_flags"):
         if k in mach:
             L.append(f"| {k} | {mach[k]} |")
