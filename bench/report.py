@@ -74,8 +74,9 @@ def encode_reason(F, cg):
     floor = (f"Measured in this run: the bench's write callback copying the same 32 MiB 16 KiB at a time "
              f"costs {fmt(sink)}x a memcpy by itself (`sink_copy_worst`: ordinary stores read every "
              f"destination line for ownership; one 32 MiB memcpy uses glibc's non-temporal stores) and the "
-             f"checksum alone {fmt(h3)}x (`hash_xxh3_worst`), so any encoder that checksums its output "
-             f"and hands it to this callback starts at ~{fmt(sink + h3)}x before it reads a single block. "
+             f"checksum alone over the bitmap in memory {fmt(h3)}x (`hash_xxh3_worst`): an encoder that "
+             f"checksums its output and hands it to this callback is near {fmt(sink + h3)}x before it reads "
+             f"a single block (a little less, since the encoder hashes cache-hot bytes). "
              if sink and h3 else "")
     enc = (cg or {}).get("ops", {}).get("encode", {})
     return (floor +
@@ -100,7 +101,10 @@ def decode_reason(F, cg):
             "Phase 2 (issue 13) reads each whole-chunk BITS/RUNS record straight into the chunk's block "
             "(no staging copy, no second pass through setBitmap), drops a block whose bits turn out "
             "uniform at once (its memory is reused by the next chunk, so it is faulted in once), and "
-            "hashes each chunk while it is in cache so the FINAL digest reads no block again. "
+            "hashes each chunk while it is in cache so the FINAL digest reads no block again. What is "
+            "left besides the faults: calloc zeroes each 2 KiB block that reuses freed memory (Mem has "
+            "only a zeroing allocator; the alloc-failure tests count on every allocation going through it) "
+            "and each chunk is hashed twice by design (below). "
             + (f"Instructions: {dec / enc:.2f}x encode's ({dec:,} vs {enc:,}). " if dec and enc else "") +
             "Each received payload byte is still hashed by the payload checksum and each mixed chunk by "
             "the digest: two different hashes the format defines.")
@@ -171,8 +175,8 @@ REASONS = {
     "storm_atomic": "The thread-safe peer: QEMU's bitmap_set_atomic / bitmap_test_and_clear_atomic on a "
                     "plain bitmap (what a lock-free VMM bitmap would use). sevpeb still takes its one mutex per "
                     "call; instructions (callgrind) are in the table above. The lock-free hot path (an atomic "
-                    "word operation in a mixed chunk, then the chunk's changed bit) is issue 13's phase 2, "
-                    "on top of the tracker's split into a locked shell and an engine.",
+                    "word operation in a mixed chunk, then the chunk's changed bit) is the part of issue 13's "
+                    "phase 2 that waits for the tracker's split into a locked shell and an engine.",
     "single_atomic": "See storm_atomic: one mutex round trip plus validation against one lock-prefixed RMW.",
     "find_batch_worst": ("sevpeb_shared_runs is one pass (issue 13, phase 2): uniform chunks that neither start nor "
                          "end a run are skipped by a trailing-zero count over the group's masks, a mixed chunk's "
