@@ -20,7 +20,8 @@
 #   4. Wall-clock suite -> bench/out/results.json; callgrind instruction counts
 #      -> bench/out/callgrind.json (skipped if valgrind is missing).
 #   5. bench/report.py -> docs/PERFORMANCE.md (machine description, every figure
-#      against its goal and peer, trials/out/ figures if present).
+#      against its goal and peer, before/after against the committed run in
+#      bench/baseline/phase1/ (issue 13), trials/out/ figures if present).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -88,6 +89,7 @@ PC="env PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig pkg-config"
 log "harness built: $OUTD/bench"
 
 # ---------------------------------------------------------------- 4. run
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "wall-clock suite ${QUICK:-(full)}"
 "$OUTD/bench" $QUICK --json "$OUTD/results.json" | tee "$OUTD/bench.log"
 
@@ -113,6 +115,7 @@ fi
     echo "\"cpus\": \"$(nproc)\","
     echo "\"hypervisor\": \"$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)\","
     echo "\"mem\": \"$(free -g | awk '/^Mem:/ {print $2 " GiB"}')\","
+    echo "\"load\": \"$LOAD_BEFORE at start, $(cut -d' ' -f1-3 /proc/loadavg) at end (1/5/15 min)\","
     echo "\"gcc\": \"$("$CC" --version | head -1)\","
     echo "\"swift\": \"$(swift --version 2>&1 | head -1)\","
     echo "\"valgrind\": \"$(valgrind --version 2>/dev/null || echo none)\","

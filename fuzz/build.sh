@@ -33,6 +33,8 @@ msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
 # XXH3 (libxxhash-dev, inline): ASan, but no coverage (a library, not our code).
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/hash.c" -o "$OUT/hash.o"
+# The C loops the Swift side calls (copy-out's shifted copy): ASan, no coverage.
+clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/bits.c" -o "$OUT/bits.o"
 # The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
 clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
 clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/kvmodel -c fuzz/common/kvmodel/kvmodel_fuzz.c -o "$OUT/kvmodel_fuzz.o"
@@ -46,7 +48,7 @@ for t in "${targets[@]}"; do
     esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
         -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
-        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/fuzz_model.o" "${extra[@]}" \
+        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/bits.o" "$OUT/fuzz_model.o" "${extra[@]}" \
         -o "$OUT/$t" 2> >(grep -v -e 'ld.gold: warning: Cannot export local symbol' -e 'ignoring import' >&2)
     echo "built $OUT/$t"
 done

@@ -37,10 +37,11 @@ mkdir -p "$T/include" && cp include/sevpeb.h "$T/include/"
 mapfile -t lib < <(find "$T/src/SevPEB" -name '*.swift' | sort)
 clang -O1 -g -fsanitize=thread -I "$T/src/CSevPEBShims/include" -c "$T/src/CSevPEBShims/shims.c" -o "$T/shims.o" &&
 clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/hash.c" -o "$T/hash.o" &&
+clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/bits.c" -o "$T/bits.o" &&
 clang -std=gnu11 -O1 -g -fsanitize=thread -I include -c Tests/c/stress.c -o "$T/stress.o" &&
 swiftc -parse-as-library -module-name SevPEB -O -g -sanitize=thread \
     -I "$T/src/CSevPEBShims/include" -I "$T/src/CSevPEBHash/include" -I "$T/src/CSevPEB/include" "${lib[@]}" \
-    "$T/shims.o" "$T/hash.o" "$T/stress.o" \
+    "$T/shims.o" "$T/hash.o" "$T/bits.o" "$T/stress.o" \
     -o "$T/stress-tsan" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2) &&
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "$T/stress-tsan" "$TSAN_RUNS"
 result $? "stress (TSan)"

@@ -34,4 +34,25 @@ uint64_t spbhash_digest(spbhash_state *s);
 /* One-shot XXH3_64bits of n bytes. */
 uint64_t spbhash_bytes(const void *p, size_t n);
 
+/*
+ * dst[k] = src[k] >> sh | src[k + 1] << (64 - sh) for k < words, 0 < sh < 64
+ * (reads words + 1 source words), stored as host-order words into the bytes
+ * at dst (any alignment); dst and src do not overlap. The caller uses it on
+ * little-endian hosts only (bits.c).
+ */
+void spb_copy_shifted(void *restrict dst, const uint64_t *restrict src, size_t words, unsigned sh);
+
+/*
+ * Prefetch n bytes at p for reading: a hint that changes no result. The
+ * encoder asks for the next chunk's 2 KiB block while it writes the current
+ * one (blocks are separate allocations, so the hardware's stream prefetcher
+ * loses the trail at each one).
+ */
+static inline void spb_prefetch(const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        __builtin_prefetch((const char *)p + i, 0, 3);
+    }
+}
+
 #endif

@@ -1,3 +1,5 @@
+import CSevPEBHash
+
 /// Word-level bit primitives over raw `UInt64` storage (bit i = word i/64,
 /// bit i%64, least significant first: a Linux bitmap on little-endian x86).
 /// Range operations go head word -> full words -> tail word with a same-word
@@ -221,10 +223,17 @@ struct ByteBitSink {
                 }
                 #endif
             } else {
+                #if _endian(little)
+                // SAFETY: `out` is the caller's buffer (whole words fit: the
+                // caller checked its length), `src` the chunk block; they
+                // never overlap. The C loop is the Swift one below, vectorised.
+                spb_copy_shifted(out, src, words, UInt32(sh))
+                #else
                 for k in 0..<words {
                     let v = (src[k] &>> sh) | (src[k &+ 1] &<< (64 &- sh))
                     out.storeBytes(of: v.littleEndian, toByteOffset: k &* 8, as: UInt64.self)
                 }
+                #endif
             }
             outByte &+= words &* 8
             i &+= words &* 64

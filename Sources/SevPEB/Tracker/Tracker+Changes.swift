@@ -1,11 +1,13 @@
 import Synchronization
+import CSevPEBHash
 /// Change tracking for live migration.
 ///
 /// Every update sets its chunk's dirty bit under the lock *after* changing
-/// the bits; `takeNextChunk` copies a chunk and clears its dirty bit under
-/// the same lock. So a change racing with the chunk's transmission either
-/// happened before the copy (and is in it) or sets the bit again (and the
-/// chunk is sent again later): nothing is lost, nothing is torn.
+/// the bits; `takeChunks` clears a chunk's dirty bit and hands its bits to
+/// the encoder under the same lock. So a change racing with the chunk's
+/// transmission either happened before the encoder read it (and is in the
+/// record) or sets the bit again (and the chunk is sent again later): nothing
+/// is lost, nothing is torn.
 extension Tracker {
     public enum ChunkKind { case allPrivate, allShared, mixed }
 
@@ -13,9 +15,6 @@ extension Tracker {
         public var gfn: UInt64
         public var pages: Int
         public var kind: ChunkKind
-        /// Nothing was taken: the layout generation is not the one the
-        /// caller passed (its stream must declare the new layout first).
-        public var layoutChanged = false
     }
 
     public enum TakeMode {
@@ -30,18 +29,29 @@ extension Tracker {
     /// Number of chunks changed since last taken (cheap, no lock).
     public var pendingChunks: Int { dirtyChunks.load(ordering: .relaxed) }
 
-    /// Take the first chunk at or after GFN `cursor` that `mode` selects:
-    /// copy its bits into `buf` (Geometry.chunkWords words, when mixed),
-    /// clear its dirty bit, and make it uniform if its block turned out to
-    /// be. Returns nil when no chunk is left after `cursor`. With
-    /// `layoutGeneration`, takes nothing and returns a snapshot with
-    /// `layoutChanged` set if the layout is no longer that generation (checked
-    /// under the same lock as the take).
-    // SAFETY: buf holds chunkBufferWords words (the caller's scratch, documented above); at most chunkWords are written.
-    public func takeNextChunk(from cursor: UInt64, mode: TakeMode,
-                              into buf: UnsafeMutablePointer<UInt64>,
-                              layoutGeneration gen: UInt64? = nil) -> ChunkSnapshot? {
-        locked { $0.takeNextChunk(from: cursor, mode: mode, into: buf, layoutGeneration: gen) }
+    /// How a `takeChunks` batch ended.
+    public enum TakeEnd {
+        /// No chunk is left after the cursor.
+        case end
+        /// The visitor asked to stop (it took the chunk it was given).
+        case stopped
+        /// Nothing was taken: the layout generation is not the one the
+        /// caller passed (its stream must declare the new layout first).
+        case layoutChanged
+    }
+
+    /// Take the chunks at or after GFN `cursor` that `mode` selects, in
+    /// order, under one lock round trip: for each, clear its dirty bit, make
+    /// it uniform if its block turned out to be, and hand it to `visit` with
+    /// its block's bits (Geometry.chunkWords words, when mixed; valid only
+    /// during the call, which runs with the lock held and must not call back
+    /// into the tracker). `visit` returns false to stop after that chunk.
+    /// Takes nothing and returns `.layoutChanged` if the layout is no longer
+    /// generation `gen` (checked under the same lock).
+    // SAFETY: the block pointer given to visit is valid only during that call (under the lock).
+    public func takeChunks(from cursor: UInt64, mode: TakeMode, layoutGeneration gen: UInt64,
+                           _ visit: (ChunkSnapshot, UnsafePointer<UInt64>?) -> Bool) -> TakeEnd {
+        locked { $0.takeChunks(from: cursor, mode: mode, layoutGeneration: gen, visit) }
     }
 
     /// The current layout generation (changes on every add/remove/resize).
@@ -49,14 +59,12 @@ extension Tracker {
 }
 
 extension Engine {
-    /// Tracker.takeNextChunk's work.
-    // SAFETY: buf as for Tracker.takeNextChunk; groups are reached through slots[s].groups below groupCount.
-    func takeNextChunk(from cursor: UInt64, mode: Tracker.TakeMode,
-                       into buf: UnsafeMutablePointer<UInt64>,
-                       layoutGeneration gen: UInt64?) -> Tracker.ChunkSnapshot? {
-        if let gen, gen != layoutGeneration {
-            return Tracker.ChunkSnapshot(gfn: 0, pages: 0, kind: .allPrivate, layoutChanged: true)
-        }
+    /// Tracker.takeChunks's work.
+    // SAFETY: groups are reached through slots[s].groups below the slot's group count; the block
+    // pointer handed to visit is valid while the lock is held (visit must not call back in).
+    func takeChunks(from cursor: UInt64, mode: Tracker.TakeMode, layoutGeneration gen: UInt64,
+                    _ visit: (Tracker.ChunkSnapshot, UnsafePointer<UInt64>?) -> Bool) -> Tracker.TakeEnd {
+        if gen != layoutGeneration { return .layoutChanged }
         var s = firstSlotEndingAfter(cursor)
         var first = true
         while s < slotCount {
@@ -94,11 +102,21 @@ extension Engine {
                 }
                 let chunk = (c & ~63) | bit
                 clearDirty(g, 1 &<< bit)
-                return snapshot(s, chunk, g, bit, buf)
+                let (snap, bits) = view(s, chunk, g, bit)
+                if bits != nil {
+                    // Start reading the group's next block while this one is written.
+                    let later = g.pointee.mixed & ~((2 &<< bit) &- 1)
+                    if later != 0 {
+                        let nb = block(g, UInt64(later.trailingZeroBitCount))
+                        spb_prefetch(nb, Geometry.chunkWords &* 8)
+                    }
+                }
+                if !visit(snap, bits) { return .stopped }
+                c = chunk &+ 1
             }
             s &+= 1
         }
-        return nil
+        return .end
     }
 
     // SAFETY: g is a live group of this engine, written under the lock.
@@ -110,34 +128,39 @@ extension Engine {
         }
     }
 
-    // SAFETY: g is chunk c's group; buf holds chunkBufferWords words and at most ceil(len/64) <= chunkWords are written.
-    func snapshot(_ s: Int, _ c: UInt64, _ g: UnsafeMutablePointer<Group>, _ bit: UInt64,
-                  _ buf: UnsafeMutablePointer<UInt64>) -> Tracker.ChunkSnapshot {
+    /// Chunk c of slot s as the encoder sees it: uniform, or mixed with its
+    /// block. A block that turned out uniform is freed first. The check stops
+    /// at the first word pair that shows both states (random bits: one word).
+    // SAFETY: g is chunk c's group; its block (when mixed) holds chunkWords words, read below ceil(len/64).
+    func view(_ s: Int, _ c: UInt64, _ g: UnsafeMutablePointer<Group>, _ bit: UInt64)
+        -> (Tracker.ChunkSnapshot, UnsafePointer<UInt64>?) {
         let sl = slots[s]
         let gfn = sl.base &+ (c &<< UInt64(Geometry.chunkShift))
         let len = Geometry.chunkLen(c, sl.pages)
         if let u = uniformValue(g, bit) {
-            return Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared)
+            return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared), nil)
         }
         let blk = block(g, bit)
         let words = (len &+ 63) &>> 6
         var andAll: UInt64 = ~0, orAll: UInt64 = 0
-        for i in 0..<words {
+        var i = 0
+        while i < words {
             var w = blk[i]
-            buf[i] = w
             orAll |= w
             if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
             andAll &= w
+            if orAll != 0 && andAll != ~0 { break }
+            i &+= 1
         }
         if andAll == ~0 {
             setUniform(g, bit, true)   // a block that became all private: free it
-            return Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allPrivate)
+            return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allPrivate), nil)
         }
         if orAll == 0 {
             setUniform(g, bit, false)
-            return Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allShared)
+            return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allShared), nil)
         }
-        return Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed)
+        return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed), UnsafePointer(blk))
     }
 
 }

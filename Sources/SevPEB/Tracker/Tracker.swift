@@ -37,11 +37,7 @@ public final class Tracker {
     let migrationControlValue = Atomic<UInt64>(0)
     let requireReadyFlag = Atomic<Bool>(false)
 
-    /// Words a buffer passed to `takeNextChunk` must hold: one chunk's bits
-    /// plus one spare word. Wire sizes its scratch from this, not from the
-    /// storage geometry.
-    public static let chunkBufferWords = Geometry.blockWords
-    /// Pages in one chunk (the most `takeNextChunk` returns at once).
+    /// Pages in one chunk (the most one chunk of `takeChunks` covers).
     public static let chunkPages = Geometry.chunkPages
 
     /// Bytes of the fixed part (this object, its mutex and its engine

@@ -24,6 +24,7 @@ public final class LoadSession {
     let scratch: UnsafeMutablePointer<UInt8>
     /// RUNS are expanded here as words (Bits works on UInt64), then stored
     /// into `scratch` as little-endian bytes: no memory is rebound.
+    // SAFETY: owned by this session (freed in deinit), Wire.maxRecordPages / 64 words.
     let runWords: UnsafeMutablePointer<UInt64>
     /// Called after each record is read and checked (tools: `sevpeb dump`):
     /// payload index, record offset in the payload, and the record's fields.
@@ -35,6 +36,7 @@ public final class LoadSession {
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
+    // SAFETY: takes ownership of the two buffers create() allocated for this session.
     private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>, layoutFromStream: Bool) {
         self.scratch = scratch; self.runWords = runWords; self.layoutFromStream = layoutFromStream
     }
@@ -81,6 +83,7 @@ public final class LoadSession {
                 case .end:
                     let want = UInt32(truncatingIfNeeded: check.finish())
                     var v: UInt32 = 0
+                    // SAFETY: p covers v's 4 bytes for the duration of the closure.
                     try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
                     offset &+= 4
                     let got = UInt32(bigEndian: v)
@@ -209,7 +212,7 @@ public final class LoadSession {
             // tracker's own EINVAL for an empty range is an API error).
             if n == 0 { throw SevError(EBADMSG, "FILL at offset \(at): npages 0 (expected > 0)") }
             try checkOrder("FILL", at, gfn, n)
-            try wrapRange(at, "FILL") { () throws(SevError) in try st.setRange(gfn, n, private: v == 1) }
+            _ = try wrapRange(at, "FILL") { () throws(SevError) -> Bool in try st.setRange(gfn, n, private: v == 1) }
             emit(at, .fill, gfn, n, UInt64(v))
         case .bits:
             let n = try be32(&src)
@@ -218,12 +221,21 @@ public final class LoadSession {
             }
             try checkOrder("BITS", at, gfn, UInt64(n))
             let nb = Int((n &+ 7) &>> 3)
-            try src.read(UnsafeMutableRawBufferPointer(start: scratch, count: nb)); offset &+= nb
-            check.update(scratch, nb)
-            if n & 7 != 0 && scratch[nb &- 1] &>> UInt8(n & 7) != 0 {
-                throw SevError(EBADMSG, "BITS at offset \(at): padding bits above npages \(n) not zero (last byte \(hex(UInt64(scratch[nb &- 1]))))")
+            // A whole chunk (what a source sends): read straight into its block.
+            // (Errors are the record's own, already labelled; the staging
+            // tracker is dropped on any.)
+            // SAFETY: blk is the chunk's block of chunkWords words (>= nb bytes: n is one chunk), lent for the closure.
+            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
+                try readBits(&src, UnsafeMutableRawPointer(blk), nb, n, at)
+                #if _endian(big)
+                for i in 0..<((nb &+ 7) &>> 3) { blk[i] = UInt64(littleEndian: blk[i]) }
+                #endif
             }
-            try wrapRange(at, "BITS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+            if !direct {
+                // SAFETY: nb <= maxRecordPages / 8, scratch's size.
+                try readBits(&src, UnsafeMutableRawPointer(scratch), nb, n, at)
+                _ = try wrapRange(at, "BITS") { () throws(SevError) -> Bool in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+            }
             emit(at, .bits, gfn, UInt64(n), 0)
         case .runs:
             let n = try be32(&src)
@@ -235,37 +247,64 @@ public final class LoadSession {
             if nr == 0 || nr > n / 2 &+ 1 {
                 throw SevError(EMSGSIZE, "RUNS at offset \(at): nruns \(nr) (expected 1..\(n / 2 &+ 1) for \(n) pages)")
             }
-            // Build the bits in runWords: private, then the shared runs.
-            let nb = Int((n &+ 7) &>> 3)
-            let words = runWords
-            let nw = (Int(n) &+ 63) &>> 6
-            for i in 0..<nw { words[i] = 0 }
-            Bits.fill(words, from: 0, to: Int(n), value: true)
-            var next = 0
-            for k in 0..<Int(nr) {
-                let off = Int(try be16(&src)), len = Int(try be16(&src)) &+ 1
-                if off < next || off &+ len > Int(n) || (k > 0 && off == next) {
-                    throw SevError(EBADMSG, "RUNS at offset \(at): run \(k) [\(off), +\(len)) not ascending, touching the previous run or beyond npages \(n)")
-                }
-                Bits.fill(words, from: off, to: off &+ len, value: false)
-                next = off &+ len
+            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
+                Bits.fill(blk, from: 0, to: Int(n), value: true)
+                try readRuns(&src, blk, nr, n, at)
             }
-            // LSB-first bytes = little-endian words: store them as such into
-            // the byte buffer (any host byte order).
-            // SAFETY: nw * 8 <= maxRecordPages / 8 < scratch's size; storeBytes
-            // writes a trivial value into raw bytes without rebinding them.
-            let raw = UnsafeMutableRawPointer(scratch)
-            for i in 0..<nw { raw.storeBytes(of: words[i].littleEndian, toByteOffset: i &* 8, as: UInt64.self) }
-            try wrapRange(at, "RUNS") { () throws(SevError) in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+            if !direct {
+                // Build the bits in runWords: private, then the shared runs.
+                let nb = Int((n &+ 7) &>> 3)
+                let words = runWords
+                let nw = (Int(n) &+ 63) &>> 6
+                for i in 0..<nw { words[i] = 0 }
+                Bits.fill(words, from: 0, to: Int(n), value: true)
+                try readRuns(&src, words, nr, n, at)
+                // LSB-first bytes = little-endian words: store them as such into
+                // the byte buffer (any host byte order).
+                // SAFETY: nw * 8 <= maxRecordPages / 8 < scratch's size; storeBytes
+                // writes a trivial value into raw bytes without rebinding them.
+                let raw = UnsafeMutableRawPointer(scratch)
+                // SAFETY: as above: i * 8 + 8 <= nw * 8 bytes of scratch.
+                for i in 0..<nw { raw.storeBytes(of: words[i].littleEndian, toByteOffset: i &* 8, as: UInt64.self) }
+                _ = try wrapRange(at, "RUNS") { () throws(SevError) -> Bool in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+            }
             emit(at, .runs, gfn, UInt64(n), UInt64(nr))
         default: break
         }
     }
 
     /// Re-label tracker range errors with the record and its offset.
-    func wrapRange(_ at: Int, _ what: String, _ body: () throws(SevError) -> Void) throws(SevError) {
-        do throws(SevError) { try body() } catch {
+    func wrapRange<T>(_ at: Int, _ what: String, _ body: () throws(SevError) -> T) throws(SevError) -> T {
+        do throws(SevError) { return try body() } catch {
             throw SevError(error.code, "\(what) at offset \(at): \(error.message)")
+        }
+    }
+
+    /// A BITS record's nb bytes into `dst`, checksummed while in cache;
+    /// padding bits above npages must be zero.
+    // SAFETY: dst holds at least nb bytes (the caller's block or scratch); nb >= 1.
+    func readBits<R: ByteSource>(_ src: inout R, _ dst: UnsafeMutableRawPointer, _ nb: Int,
+                                 _ n: UInt32, _ at: Int) throws(SevError) {
+        try src.read(UnsafeMutableRawBufferPointer(start: dst, count: nb)); offset &+= nb
+        check.update(dst, nb)
+        let last = dst.load(fromByteOffset: nb &- 1, as: UInt8.self)
+        if n & 7 != 0 && last &>> UInt8(n & 7) != 0 {
+            throw SevError(EBADMSG, "BITS at offset \(at): padding bits above npages \(n) not zero (last byte \(hex(UInt64(last))))")
+        }
+    }
+
+    /// A RUNS record's nr runs, cleared (made shared) in `words`.
+    // SAFETY: words holds ceil(n/64) words; runs are checked to lie below n before each fill.
+    func readRuns<R: ByteSource>(_ src: inout R, _ words: UnsafeMutablePointer<UInt64>, _ nr: UInt32,
+                                 _ n: UInt32, _ at: Int) throws(SevError) {
+        var next = 0
+        for k in 0..<Int(nr) {
+            let off = Int(try be16(&src)), len = Int(try be16(&src)) &+ 1
+            if off < next || off &+ len > Int(n) || (k > 0 && off == next) {
+                throw SevError(EBADMSG, "RUNS at offset \(at): run \(k) [\(off), +\(len)) not ascending, touching the previous run or beyond npages \(n)")
+            }
+            Bits.fill(words, from: off, to: off &+ len, value: false)
+            next = off &+ len
         }
     }
 
@@ -289,24 +328,28 @@ public final class LoadSession {
 
     // MARK: primitive reads
 
+    // SAFETY: p covers v's bytes for the duration of the closure (u8, be16, be32, be64 alike).
     @inline(__always) func u8<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt8 {
         var v: UInt8 = 0
         try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 1) }
         offset &+= 1
         return v
     }
+    // SAFETY: as u8.
     @inline(__always) func be16<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt16 {
         var v: UInt16 = 0
         try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 2) }
         offset &+= 2
         return UInt16(bigEndian: v)
     }
+    // SAFETY: as u8.
     @inline(__always) func be32<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt32 {
         var v: UInt32 = 0
         try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 4) }
         offset &+= 4
         return UInt32(bigEndian: v)
     }
+    // SAFETY: as u8.
     @inline(__always) func be64<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt64 {
         var v: UInt64 = 0
         try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 8) }

@@ -3,6 +3,7 @@ import CSevPEBShims
 /// Buffers records and hands them to a sink in large writes.
 struct RecordWriter<S: ByteSink> {
     var sink: S
+    // SAFETY: the session's output buffer of cap bytes (SaveSession.out), which outlives the writer.
     let buf: UnsafeMutablePointer<UInt8>
     let cap: Int
     var used = 0
@@ -12,10 +13,12 @@ struct RecordWriter<S: ByteSink> {
     var check = XXH3()
     var hashed = 0
 
+    // SAFETY: buf holds cap bytes and outlives the writer (the caller's session buffer).
     init(sink: S, buf: UnsafeMutablePointer<UInt8>, cap: Int) {
         self.sink = sink; self.buf = buf; self.cap = cap
     }
 
+    // SAFETY: bytes [0, used) of buf are written records, used <= cap.
     mutating func flush() throws(SevError) {
         if used > 0 {
             check.update(buf + hashed, used &- hashed)
@@ -41,32 +44,48 @@ struct RecordWriter<S: ByteSink> {
         if used &+ n > cap { try flush() }
     }
     @inline(__always) mutating func u8(_ v: UInt8) { buf[used] = v; used &+= 1; total &+= 1 }
+    // SAFETY: be16/be32/be64 store at buf + used inside the room reserve() or chunkRoom made; storeBytes
+    // writes a trivial value into raw bytes without rebinding them.
     @inline(__always) mutating func be16(_ v: UInt16) {
         UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt16.self); used &+= 2; total &+= 2
     }
+    // SAFETY: as be16.
     @inline(__always) mutating func be32(_ v: UInt32) {
         UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt32.self); used &+= 4; total &+= 4
     }
+    // SAFETY: as be16.
     @inline(__always) mutating func be64(_ v: UInt64) {
         UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt64.self); used &+= 8; total &+= 8
     }
     @inline(__always) mutating func begin(_ r: Wire.Record, body: Int) throws(SevError) {
         try reserve(1 &+ body)
+        put(r)
+    }
+    /// The type byte of a record whose room the caller made sure of (the
+    /// chunk writer, which runs under the tracker's lock and cannot flush).
+    @inline(__always) mutating func put(_ r: Wire.Record) {
         u8(r.rawValue)
         records &+= 1
     }
+    /// Bytes left in the buffer before a flush.
+    var room: Int { cap &- used }
 }
 
 /// The source side of a migration: what has been sent, and the encoders for
 /// setup / iterate / complete (docs/FORMAT.md, "Live migration").
 public final class SaveSession {
     public private(set) var active = false
-    var cursor: UInt64 = 0
-    var sentLayoutGeneration: UInt64 = 0
-    var sentControl: UInt64 = 0
-    let scratch: UnsafeMutablePointer<UInt64>
+    /// Where the next chunk pass resumes, and what the destination was last
+    /// sent: the session's own state, written by its encoders only.
+    private(set) var cursor: UInt64 = 0
+    private(set) var sentLayoutGeneration: UInt64 = 0
+    private(set) var sentControl: UInt64 = 0
+    // SAFETY: outCap bytes from Mem.calloc in create(), freed in deinit, used only by this session.
     let out: UnsafeMutablePointer<UInt8>
     static let outCap = 16384
+    /// Room the chunk writer needs before taking one more chunk: a pending
+    /// FILL, then the chunk's BITS record (RUNS is only used when smaller).
+    static let chunkRoom = 1 &+ Wire.Record.fill.fixedBodyBytes &+ Wire.bitsRecordBytes(pages: Tracker.chunkPages)
 
     public private(set) var iterations: UInt32 = 0
     public private(set) var setupBytes: UInt64 = 0
@@ -75,15 +94,15 @@ public final class SaveSession {
     public private(set) var completeBytes: UInt64 = 0
     public private(set) var records: UInt64 = 0
 
-    private init(scratch: UnsafeMutablePointer<UInt64>, out: UnsafeMutablePointer<UInt8>) {
-        self.scratch = scratch; self.out = out
+    // SAFETY: takes ownership of create()'s outCap-byte buffer.
+    private init(out: UnsafeMutablePointer<UInt8>) {
+        self.out = out
     }
     public static func create() throws(SevError) -> SaveSession {
-        guard let s = Mem.calloc(Tracker.chunkBufferWords, UInt64.self) else { throw .noMemory("encoder scratch") }
-        guard let o = Mem.calloc(outCap, UInt8.self) else { Mem.free(s); throw .noMemory("encoder buffer") }
-        return SaveSession(scratch: s, out: o)
+        guard let o = Mem.calloc(outCap, UInt8.self) else { throw .noMemory("encoder buffer") }
+        return SaveSession(out: o)
     }
-    deinit { Mem.free(scratch); Mem.free(out) }
+    deinit { Mem.free(out) }
 
     /// Begin: write HEADER, LAYOUT, CONTROL and every chunk that is not
     /// uniformly private (the destination starts all private).
@@ -166,7 +185,7 @@ public final class SaveSession {
         try w.begin(.layout, body: Wire.Record.layout.fixedBodyBytes)
         w.be32(UInt32(truncatingIfNeeded: slots.count))
         for s in slots {
-            try w.reserve(16)
+            try w.reserve(Wire.layoutSlotBytes)
             w.be64(s.base); w.be64(s.pages)
         }
         sentLayoutGeneration = gen
@@ -182,65 +201,90 @@ public final class SaveSession {
 
     /// Send chunks from `cursor` on; returns true if it reached the end,
     /// false if the budget stopped it (cursor kept for the next call).
+    ///
+    /// Chunks are taken in batches, one lock round trip each, as many as
+    /// the buffer has room for: each record is written straight from the
+    /// chunk's block into the buffer (no snapshot copy) and hashed when the
+    /// buffer is flushed, while it is still in cache.
     func writeChunks<S>(_ t: Tracker, _ w: inout RecordWriter<S>, mode: Tracker.TakeMode,
                         budget: UInt64) throws(SevError) -> Bool {
-        var fill: (gfn: UInt64, n: UInt64, v: Bool)? = nil
+        var fill = PendingFill()
         let start = w.total
         while true {
-            guard let snap = t.takeNextChunk(from: cursor, mode: mode, into: scratch,
-                                             layoutGeneration: sentLayoutGeneration) else {
-                if let f = fill { try writeFill(&w, f.gfn, f.n, f.v) }
-                cursor = 0
-                return true
+            if w.room < SaveSession.chunkRoom { try w.flush() }
+            var overBudget = false
+            var cur = cursor
+            let end = t.takeChunks(from: cur, mode: mode, layoutGeneration: sentLayoutGeneration) { snap, bits in
+                cur = snap.gfn &+ UInt64(snap.pages)
+                switch snap.kind {
+                case .allPrivate where mode == .nonPrivate:
+                    // A mixed chunk that turned out all private when taken: the
+                    // destination of a full send starts private, nothing to send.
+                    break
+                case .allPrivate, .allShared:
+                    let v = snap.kind == .allPrivate
+                    if fill.pages != 0 && fill.value == v && fill.gfn &+ fill.pages == snap.gfn {
+                        fill.pages &+= UInt64(snap.pages)
+                    } else {
+                        fill.write(&w)
+                        fill = PendingFill(gfn: snap.gfn, pages: UInt64(snap.pages), value: v)
+                    }
+                case .mixed:
+                    fill.write(&w)
+                    writeMixed(&w, snap.gfn, snap.pages, bits!)
+                }
+                if budget != 0 && w.total &- start >= budget { overBudget = true; return false }
+                return w.room >= SaveSession.chunkRoom
             }
-            if snap.layoutChanged {
+            cursor = cur
+            switch end {
+            case .layoutChanged:
                 // The layout changed while this payload was being written
                 // (hot-plug from the VMM's thread): what was taken so far
                 // belongs to the layout already declared; declare the new one
                 // before any record taken under it.
-                if let f = fill { try writeFill(&w, f.gfn, f.n, f.v); fill = nil }
+                try w.reserve(SaveSession.chunkRoom); fill.write(&w)
                 try writeLayout(t, &w)
-                continue
-            }
-            cursor = snap.gfn &+ UInt64(snap.pages)
-            switch snap.kind {
-            case .allPrivate where mode == .nonPrivate:
-                // A mixed chunk that turned out all private when taken: the
-                // destination of a full send starts private, nothing to send.
-                continue
-            case .allPrivate, .allShared:
-                let v = snap.kind == .allPrivate
-                if var f = fill, f.v == v, f.gfn &+ f.n == snap.gfn {
-                    f.n &+= UInt64(snap.pages); fill = f
-                } else {
-                    if let f = fill { try writeFill(&w, f.gfn, f.n, f.v) }
-                    fill = (snap.gfn, UInt64(snap.pages), v)
+            case .end:
+                try w.reserve(SaveSession.chunkRoom); fill.write(&w)
+                cursor = 0
+                return true
+            case .stopped:
+                if overBudget {
+                    try w.reserve(SaveSession.chunkRoom); fill.write(&w)
+                    return false
                 }
-            case .mixed:
-                if let f = fill { try writeFill(&w, f.gfn, f.n, f.v); fill = nil }
-                try writeMixed(&w, snap.gfn, snap.pages, scratch)
-            }
-            if budget != 0 && w.total &- start >= budget {
-                if let f = fill { try writeFill(&w, f.gfn, f.n, f.v) }
-                return false
             }
         }
     }
 
-    func writeFill<S>(_ w: inout RecordWriter<S>, _ gfn: UInt64, _ n: UInt64, _ v: Bool) throws(SevError) {
-        try w.begin(.fill, body: Wire.Record.fill.fixedBodyBytes)
-        w.be64(gfn); w.be64(n); w.u8(v ? 1 : 0)
+    /// A FILL being extended over consecutive uniform chunks (pages 0: none).
+    struct PendingFill {
+        var gfn: UInt64 = 0
+        var pages: UInt64 = 0
+        var value = false
+        /// Write it (room for one FILL ensured by the caller) and clear it.
+        mutating func write<S>(_ w: inout RecordWriter<S>) {
+            if pages == 0 { return }
+            w.put(.fill)
+            w.be64(gfn); w.be64(pages); w.u8(value ? 1 : 0)
+            pages = 0
+        }
     }
 
-    /// BITS or RUNS, whichever is smaller.
+    /// BITS or RUNS, whichever is smaller, straight from the chunk's block
+    /// (room ensured by the caller: `chunkRoom`).
+    // SAFETY: bits is the chunk's block (ceil(n/64) words, valid under the tracker's lock during the take);
+    // the caller reserved chunkRoom bytes at w.buf + w.used, so the copy of ceil(n/8) bytes fits.
     func writeMixed<S>(_ w: inout RecordWriter<S>, _ gfn: UInt64, _ n: Int,
-                       _ bits: UnsafeMutablePointer<UInt64>) throws(SevError) {
-        let rawBytes = (n &+ 7) &>> 3
+                       _ bits: UnsafePointer<UInt64>) {
+        let bitsBytes = Wire.bitsRecordBytes(pages: n)
         // RUNS only when smaller than BITS: stop counting past that (random
         // bits have ~16 runs a word, so this reads a few words, not 256).
-        let runs = Bits.zeroRuns(bits, bits: n, limit: rawBytes &>> 2)
-        if runs &* 4 &+ 4 < rawBytes {
-            try w.begin(.runs, body: Wire.Record.runs.fixedBodyBytes &+ runs &* 4)
+        let limit = (bitsBytes &- Wire.runsRecordBytes(runs: 0)) / Wire.runBytes
+        let runs = Bits.zeroRuns(bits, bits: n, limit: limit)
+        if Wire.runsRecordBytes(runs: runs) < bitsBytes {
+            w.put(.runs)
             w.be64(gfn); w.be32(UInt32(n)); w.be32(UInt32(runs))
             var i = 0
             while i < n {
@@ -251,16 +295,21 @@ public final class SaveSession {
                 i = e
             }
         } else {
-            try w.begin(.bits, body: Wire.Record.bits.fixedBodyBytes &+ rawBytes)
+            w.put(.bits)
             w.be64(gfn); w.be32(UInt32(n))
-            let full = rawBytes &>> 3
-            for k in 0..<full {
-                UnsafeMutableRawPointer(w.buf + w.used).storeBytes(of: bits[k].littleEndian, as: UInt64.self)
-                w.used &+= 8
+            // LSB-first bytes are the block's words in little-endian order;
+            // bits at or above n are zero in the block (Storage.swift).
+            let rawBytes = (n &+ 7) &>> 3
+            #if _endian(little)
+            UnsafeMutableRawPointer(w.buf + w.used).copyMemory(from: bits, byteCount: rawBytes)
+            #else
+            var k = 0
+            while k < rawBytes {
+                w.buf[w.used &+ k] = UInt8(truncatingIfNeeded: bits[k &>> 3] &>> UInt64((k & 7) &* 8))
+                k &+= 1
             }
-            var rest = rawBytes &- full &* 8
-            var v = full < Tracker.chunkPages >> 6 ? bits[full] : 0
-            while rest > 0 { w.buf[w.used] = UInt8(truncatingIfNeeded: v); v &>>= 8; w.used &+= 1; rest &-= 1 }
+            #endif
+            w.used &+= rawBytes
             w.total &+= UInt64(rawBytes)
         }
     }

@@ -72,16 +72,30 @@ public enum Wire {
 
     /// Bytes of a FINAL record, type byte included.
     public static let finalBytes = 1 + Record.final.fixedBodyBytes
+    /// Bytes of one LAYOUT slot entry (be64 base_gfn, be64 npages).
+    public static let layoutSlotBytes = 16
+    /// Bytes of one RUNS entry (be16 offset, be16 length-1).
+    public static let runBytes = 4
+    /// Bytes of a BITS record for `npages` pages, type byte included.
+    @inline(__always) public static func bitsRecordBytes(pages: Int) -> Int {
+        1 &+ Record.bits.fixedBodyBytes &+ ((pages &+ 7) &>> 3)
+    }
+    /// Bytes of a RUNS record with `runs` runs, type byte included.
+    @inline(__always) public static func runsRecordBytes(runs: Int) -> Int {
+        1 &+ Record.runs.fixedBodyBytes &+ runs &* runBytes
+    }
 }
 
 /// Where encoded bytes go. Generic (not an existential) so it works in
 /// Embedded Swift.
 public protocol ByteSink {
+    // SAFETY: p is valid for the duration of the call only; a sink copies what it keeps.
     mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError)
 }
 
 /// Where decoded bytes come from: fills the buffer exactly or throws.
 public protocol ByteSource {
+    // SAFETY: p is valid for the duration of the call only; a source fills exactly p.count bytes or throws.
     mutating func read(_ p: UnsafeMutableRawBufferPointer) throws(SevError)
 }
 
@@ -89,6 +103,7 @@ public protocol ByteSource {
 public struct ArraySink: ByteSink {
     public var bytes: [UInt8] = []
     public init() {}
+    // SAFETY: copies p into the array during the call (the ByteSink contract).
     public mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError) {
         bytes.append(contentsOf: p)
     }
@@ -99,6 +114,7 @@ public struct ArraySource: ByteSource {
     public let bytes: [UInt8]
     public var offset = 0
     public init(_ bytes: [UInt8], offset: Int = 0) { self.bytes = bytes; self.offset = offset }
+    // SAFETY: p.count bytes are checked to remain at offset before the copy into p.
     public mutating func read(_ p: UnsafeMutableRawBufferPointer) throws(SevError) {
         if p.count > bytes.count &- offset {
             throw SevError(ENODATA, "stream truncated at offset \(bytes.count): needed \(p.count) more bytes at offset \(offset)")
