@@ -11,7 +11,7 @@ extension Tracker {
     /// `out`. The range must lie in both layouts. Each piece is read from
     /// each tracker at one instant; compare with updates stopped for an
     /// exact answer. Returns (differing pages, GFNs stored).
-    // SAFETY: out (if maxOut > 0, checked non-NULL) holds maxOut entries, written below it; bufA/bufB are Mem buffers of comparePiece/64 words, viewed as bytes for getBitmap (UInt8 may alias any memory).
+    // SAFETY: out (if maxOut > 0, checked non-NULL) holds maxOut entries, written below it; bufA/bufB are Mem byte buffers of comparePiece/8 bytes, read back as words with loadUnaligned.
     public func countDifferences(_ other: Tracker, _ gfn: UInt64, _ n: UInt64,
                                  _ out: UnsafeMutablePointer<UInt64>?, _ maxOut: Int) throws(SevError) -> (count: UInt64, stored: Int) {
         if n == 0 { throw .invalid("npages 0: must be > 0") }
@@ -28,9 +28,11 @@ extension Tracker {
         }
         if other === self { return (0, 0) }
         let words = Int(Tracker.comparePiece &>> 6)
-        guard let bufA = Mem.calloc(words, UInt64.self) else { throw .noMemory("comparison buffer") }
+        // Byte buffers (getBitmap's LSB-first bytes), read back as words with
+        // loadUnaligned: no memory is viewed as a type it is not bound to.
+        guard let bufA = Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
         defer { Mem.free(bufA) }
-        guard let bufB = Mem.calloc(words, UInt64.self) else { throw .noMemory("comparison buffer") }
+        guard let bufB = Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
         defer { Mem.free(bufB) }
         var count: UInt64 = 0
         var stored = 0
@@ -42,13 +44,15 @@ extension Tracker {
             let sb = try other.countShared(cur, len)
             if !((sa == 0 && sb == 0) || (sa == len && sb == len)) {
                 let nw = Int(truncatingIfNeeded: (len &+ 63) &>> 6)
-                for i in 0..<nw { bufA[i] = 0; bufB[i] = 0 }
                 let bytes = nw &* 8
-                try getBitmap(cur, len, UnsafeMutableRawPointer(bufA).assumingMemoryBound(to: UInt8.self), bytes)
-                try other.getBitmap(cur, len, UnsafeMutableRawPointer(bufB).assumingMemoryBound(to: UInt8.self), bytes)
+                for i in 0..<bytes { bufA[i] = 0; bufB[i] = 0 }
+                try getBitmap(cur, len, bufA, bytes)
+                try other.getBitmap(cur, len, bufB, bytes)
                 for i in 0..<nw {
-                    // Bytes are LSB-first, so on little-endian hosts word i holds pages 64i..64i+63.
-                    var d = UInt64(littleEndian: bufA[i]) ^ UInt64(littleEndian: bufB[i])
+                    // Bytes are LSB-first: the little-endian word at byte 8i holds pages 64i..64i+63.
+                    let wa = UnsafeRawPointer(bufA).loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    let wb = UnsafeRawPointer(bufB).loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    var d = UInt64(littleEndian: wa) ^ UInt64(littleEndian: wb)
                     let valid = len &- UInt64(i &* 64)
                     if valid < 64 { d &= (UInt64(1) &<< valid) &- 1 }
                     if d == 0 { continue }
