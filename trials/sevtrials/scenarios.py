@@ -45,17 +45,19 @@ class Ctx:
         self.args, self.qemu, self.peer_qemu = args, qemu, peer_qemu
         self.fw_dirs, self.guest, self.hosts, self.workdir = fw_dirs, guest, hosts, workdir
         self.peb = peb
+        self.agent = None          # assets.ensure_agent(): set by run.py for guest-driven scenarios
         self.vms, self.relays = [], []
         self.n = 0
         self.port = 4400
 
-    def boot(self, host, *, qemu=None, sevpeb=None, incoming=False, extra=(), tag="vm", wait_tick=2):
+    def boot(self, host, *, qemu=None, sevpeb=None, incoming=False, extra=(), tag="vm", wait_tick=2, agent=False):
         self.n += 1
         name = f"{tag}{self.n:02d}-{host}"
         vm = VM(name, qemu=qemu or self.qemu, fw_dirs=self.fw_dirs, guest=self.guest,
                 workdir=self.workdir, ns=self.hosts.ns[host], host=host,
                 sevpeb=self.peb if sevpeb is None else sevpeb, incoming=incoming, extra=extra,
-                dirty_mb=self.args.dirty_mb)
+                dirty_mb=self.args.agent_dirty_mb if agent else self.args.dirty_mb,
+                agent=self.agent if agent else None, storm_calls=self.args.agent_storm)
         self.vms.append(vm)
         if not incoming and wait_tick:
             vm.wait_tick(wait_tick, timeout=120)
