@@ -75,8 +75,9 @@ class VM:
                 os.unlink(p)
         # the guest agent (trials/agent): 4 vCPUs under MTTCG, the KVM paravirt bits the
         # agent checks, and a second serial port (ttyS1) for the harness's requests
-        cpu = (["-smp", str(smp), "-cpu", "qemu64,kvm-hc-map-gpa-range=on,kvm-migration-control=on"]
-               if agent else ["-smp", "1"])
+        # (a QEMU without the object, e.g. stock 10.0, gets plain qemu64: it knows neither bit's name)
+        cpu = (["-smp", str(smp), "-cpu", "qemu64,kvm-hc-map-gpa-range=on,kvm-migration-control=on"
+                if sevpeb else "qemu64"] if agent else ["-smp", "1"])
         args = [qemu, "-name", name, "-M", "q35", "-accel", "tcg,thread=multi" if agent else "tcg", *cpu,
                 "-m", f"{mem_mb}M,slots=2,maxmem={mem_mb * 4}M",
                 "-nodefaults", "-display", "none", "-no-user-config"]
