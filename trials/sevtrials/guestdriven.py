@@ -109,8 +109,12 @@ def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout
     """One migration with the guest churning on every vCPU: per-vCPU hypercall counts at
     start, at the switchover (source stopped, destination not yet running) and after;
     then the guest-vs-destination comparison and the checksum verification."""
+    # the same rate over 1 s just before, for comparison
+    cb, tb = hcounts(src)[0], time.monotonic()
+    time.sleep(1.0)
     c0, _ = hcounts(src)
     t0 = time.monotonic()
+    before = [round((b - a) / (t0 - tb), 1) for a, b in zip(cb, c0)]
     sw = {}
 
     def at_switchover(st):
@@ -124,7 +128,7 @@ def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout
         c1, inf_s = hcounts(src)
     except Exception:
         c1, inf_s = None, None
-    g = {"vcpus": len(c0)}
+    g = {"vcpus": len(c0), "rate_before_per_vcpu": before}
     if sw and c1 is not None:
         dt = sw["t"] - t0
         per = [b - a for a, b in zip(c0, sw["src"])]

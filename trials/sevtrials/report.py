@@ -90,8 +90,9 @@ def guest_rows(results):
 def guest_totals(results):
     rows = guest_rows(results)
     rates = [x for _, _, g in rows for x in (g.get("rate_per_vcpu") or [])]
+    before = [x for _, _, g in rows for x in (g.get("rate_before_per_vcpu") or [])]
     cmp_ = [g["compare"] for _, _, g in rows if g.get("compare")]
-    t = {"migrations": len(rows), "rates": rates,
+    t = {"migrations": len(rows), "rates": rates, "before": before,
          "downtime_calls": sum(g.get("downtime_calls", 0) for _, _, g in rows),
          "downtime_measured": sum(1 for _, _, g in rows if "downtime_calls" in g),
          "inflight_max": max([g.get("inflight_max") or 0 for _, _, g in rows], default=0),
@@ -111,8 +112,9 @@ def guest_lines(results):
     out = []
     if t["rates"]:
         out.append(f"guest agent: {len(t['rates'])} vCPU-migrations, hypercalls/s per vCPU during migration "
-                   f"min {min(t['rates']):.1f} / median {statistics.median(t['rates']):.1f} / max {max(t['rates']):.1f}; "
-                   f"calls in the downtime window {t['downtime_calls']} over {t['downtime_measured']} migrations; "
+                   f"min {min(t['rates']):.1f} / median {statistics.median(t['rates']):.1f} / max {max(t['rates']):.1f}"
+                   + (f" (1 s before each: median {statistics.median(t['before']):.0f}); " if t["before"] else "; ")
+                   + f"calls in the downtime window {t['downtime_calls']} over {t['downtime_measured']} migrations; "
                    f"largest in flight at once {t['inflight_max']}")
     if t["compared"]:
         out.append(f"guest record == host tracker {t['equal']}/{t['compared']}; pages the guest verified per "
@@ -205,12 +207,14 @@ def write_markdown(results, meta, outdir, pictures):
               "churn, its own record (debugfs, read over ttyS1) is compared with the tracker of the host it runs "
               "on, and it verifies the CRC32 of every page it wrote.", ""]
         L += [f"- {x}" for x in guest_lines(results)]
-        L += ["", "| scenario | migration | status | calls/s per vCPU | calls in downtime window (src+dst) | "
+        L += ["", "| scenario | migration | status | calls/s per vCPU (1 s before) | calls/s per vCPU during | "
+                  "calls in downtime window (src+dst) | "
                   "max in flight | compared on | guest record == tracker | shared pages | pages verified | "
-                  "checksum mismatches |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "checksum mismatches |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r, m, g in rows:
             c = g.get("compare") or {}
             L.append(f"| {r.key} | {m['label']} | {m['status']} | "
+                     f"{' / '.join(f'{x:.0f}' for x in g['rate_before_per_vcpu']) if g.get('rate_before_per_vcpu') else '–'} | "
                      f"{' / '.join(f'{x:.1f}' for x in g['rate_per_vcpu']) if g.get('rate_per_vcpu') else '–'} | "
                      f"{_fmt(g.get('downtime_calls'))}"
                      f"{' (' + str(g.get('downtime_calls_src')) + '+' + str(g.get('downtime_calls_dst')) + ')' if 'downtime_calls' in g else ''} | "
@@ -476,7 +480,7 @@ def pictures(results, outdir):
         ax.set_yticklabels([l for l, _ in reversed(rows)], fontsize=8)
         ax.set_xlabel("KVM_HC_MAP_GPA_RANGE calls per second (source, from migrate to the switchover)")
         ax.set_xlim(0, max(x for _, g in rows for x in g["rate_per_vcpu"]) * 1.45 + 1)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.set_title("Guest-driven page state: hypercalls per second per vCPU during each migration")
         fig.tight_layout()
         fn = "guest-hypercalls.png"
