@@ -137,6 +137,12 @@ def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout
                  downtime_calls_src=sum(b - a for a, b in zip(sw["src"], c1)),
                  downtime_calls_dst=sum(sw.get("dst") or []))
         g["downtime_calls"] = g["downtime_calls_src"] + g["downtime_calls_dst"]
+    elif c1 is not None:
+        # no switchover (cancelled, failed): the rate from migrate to the end
+        dt = time.monotonic() - t0
+        per = [b - a for a, b in zip(c0, c1)]
+        g.update(calls_per_vcpu=per, seconds=round(dt, 2), rate_until="end",
+                 rate_per_vcpu=[round(x / dt, 1) for x in per] if dt > 0 else None)
     if dst is not None and dst.alive():
         try:
             g["inflight_max"] = max(inf_s or 0, hcounts(dst)[1])
@@ -220,8 +226,9 @@ def pingpong(ctx, count):
     src = boot(ctx, "A", tag="pp")
     r.numbers["boot_to_ready_s"] = round(time.monotonic() - t0, 1)
     boot_checks(r, src)
-    r.numbers["boot_compare"] = compare(r, src, "after boot (source)")
-    r.maps["source after boot (guest-driven)"] = src.peb_query()
+    r.numbers["boot_compare"] = compare(r, src, "after boot (source)", keep_paused=True)
+    r.maps["source after boot (guest-driven, churn paused)"] = src.peb_query()
+    ctl(src, "resume")
     malformed(r, src)
     for i in range(1, count + 1):
         h = ctx.hosts.other(src.host)
@@ -236,7 +243,9 @@ def pingpong(ctx, count):
         if i == 1:
             negative_control(r, dst)
         if i == count:
-            r.maps[f"destination after migration {i} (guest-driven)"] = q
+            ctl(dst, "pause")
+            r.maps[f"destination after migration {i} (guest-driven, churn paused)"] = dst.peb_query()
+            ctl(dst, "resume")
         r.check(f"migration {i}: guest alive on destination", *check_alive(dst, src.last_tick()))
         ctx.drop(src)
         src = dst
@@ -382,7 +391,7 @@ def interrupted(ctx, how):
     s1 = stats(src)
     r.check("the guest kept making hypercalls on the source", s1["calls"] > s0["calls"] and s1["errors"] == 0,
             f"{s1['calls'] - s0['calls']} calls since the migration began, {s1['errors']} errors")
-    compare(r, src, "after the interruption (source)")
+    rec["guest"]["compare"] = compare(r, src, "after the interruption (source)")
     dst.wait_exit(15)
     ctx.drop(dst)
     dst2 = boot(ctx, "B", incoming=True, tag=key[:2])
@@ -425,7 +434,7 @@ def corrupt(ctx, modes):
         if mode == "none":
             if _completed(r, rec, "clean migration through the relay completed"):
                 ctl(dst, "resume")
-                rec["guest"] = {"compare": compare(r, dst, "clean (destination)")}
+                rec["guest"] = {"compare": compare(r, dst, "clean (destination)"), "paused": True}
                 r.check("clean: guest alive on destination", *check_alive(dst, src.last_tick()))
             break
         r.check(f"{mode}: relay corrupted the section", bool(hits),
@@ -450,6 +459,6 @@ def corrupt(ctx, modes):
         r.check(f"{mode}: the guest keeps issuing hypercalls successfully",
                 s1["calls"] > s0["calls"] and s1["errors"] == 0,
                 f"{s1['calls'] - s0['calls']} calls in 2 s after the refusal, {s1['errors']} errors")
-        rec["guest"] = {"compare": compare(r, src, f"{mode}: after the refusal (source)")}
+        rec["guest"] = {"compare": compare(r, src, f"{mode}: after the refusal (source)"), "paused": True}
     r.numbers["refusals"] = details
     return r

@@ -89,7 +89,7 @@ def guest_rows(results):
 
 def guest_totals(results):
     rows = guest_rows(results)
-    rates = [x for _, _, g in rows for x in (g.get("rate_per_vcpu") or [])]
+    rates = [x for _, _, g in rows if g.get("rate_until") != "end" for x in (g.get("rate_per_vcpu") or [])]
     before = [x for _, _, g in rows for x in (g.get("rate_before_per_vcpu") or [])]
     cmp_ = [g["compare"] for _, _, g in rows if g.get("compare")]
     t = {"migrations": len(rows), "rates": rates, "before": before,
@@ -215,7 +215,8 @@ def write_markdown(results, meta, outdir, pictures):
             c = g.get("compare") or {}
             L.append(f"| {r.key} | {m['label']} | {m['status']} | "
                      f"{' / '.join(f'{x:.0f}' for x in g['rate_before_per_vcpu']) if g.get('rate_before_per_vcpu') else '–'} | "
-                     f"{' / '.join(f'{x:.1f}' for x in g['rate_per_vcpu']) if g.get('rate_per_vcpu') else '–'} | "
+                     f"{' / '.join(f'{x:.1f}' for x in g['rate_per_vcpu']) if g.get('rate_per_vcpu') else ('churn paused' if g.get('paused') else '–')}"
+                     f"{' (to the end)' if g.get('rate_until') == 'end' else ''} | "
                      f"{_fmt(g.get('downtime_calls'))}"
                      f"{' (' + str(g.get('downtime_calls_src')) + '+' + str(g.get('downtime_calls_dst')) + ')' if 'downtime_calls' in g else ''} | "
                      f"{_fmt(g.get('inflight_max'))} | {c.get('label', '–')} | "
@@ -462,7 +463,8 @@ def pictures(results, outdir):
         out.append(("Guest memory map before/after", fn))
 
     # 4. guest-driven: hypercalls/s per vCPU during each migration
-    rows = [(f"{r.key}: {m['label']}", g) for r, m, g in guest_rows(results) if g.get("rate_per_vcpu")]
+    rows = [(f"{r.key}: {m['label']}", g) for r, m, g in guest_rows(results)
+            if g.get("rate_per_vcpu") and g.get("rate_until") != "end"]
     if rows:
         nv = max(len(g["rate_per_vcpu"]) for _, g in rows)
         fig, ax = plt.subplots(figsize=(11, 1.6 + 0.32 * len(rows) * 1.2))
