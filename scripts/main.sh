@@ -15,6 +15,6 @@ step "library: Embedded-Swift archive, installed with header and sevpeb.pc" \
     make install PREFIX="$SEVPEB_PREFIX"
 step "patched QEMU 10.0: build or reuse from $SEVPEB_CACHE" \
     bash scripts/build-qemu.sh
-step "cross-host migration trials: all scenarios, ping-pong x$COUNT" \
+step "cross-host migration trials: all scenarios (6 driven by the guest agent on 4 vCPUs), ping-pong x$COUNT" \
     "$PYVENV/bin/python" trials/run.py --full --count "$COUNT"
 summary

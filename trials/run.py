@@ -22,7 +22,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sevtrials import assets, report, routing, scenarios         # noqa: E402
+from sevtrials import assets, guestdriven, report, routing, scenarios   # noqa: E402
 from sevtrials.hosts import Hosts, qemu_has_sevpeb, qemu_version  # noqa: E402
 from sevtrials.util import cache_dir, log                         # noqa: E402
 
@@ -30,6 +30,8 @@ QMP_ALL = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt",
            "misroute-negative", "postcopy", "multifd", "routing-cost"]
 LIBVIRT = ["lv-live", "lv-options", "lv-save", "lv-power", "lv-dimm", "lv-failure"]   # sevtrials/libvirt.py
 ALL = QMP_ALL + LIBVIRT
+# driven by the guest agent (trials/agent, sevtrials/guestdriven.py) unless --qmp-driver
+GUEST_DRIVEN = ["ping-pong", "reboot", "hotplug", "cancel", "dest-killed", "corrupt"]
 QUICK = ["ping-pong", "corrupt", "not-ready", "misroute-negative", "lv-live"]   # lv-live in --quick: one p2p migration
 
 
@@ -46,19 +48,23 @@ def read_env_file(path):
     return env
 
 
-def leak_snapshot(*qemus):
+def leak_snapshot(*qemus, work=None):
     """Network namespaces, running processes of the QEMU binaries under
     test, and entries of the temp directory: compared before/after a run."""
     import subprocess
     import tempfile
     ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")) - {""}
-    ns = {n.split()[0] for n in ns}
+    # only this run's namespaces (Hosts() names them after our PID): the machine may be shared
+    ns = {n.split()[0] for n in ns if n.split()[0].endswith(f"-{os.getpid()}")}
     bins = {os.path.realpath(q) for q in qemus if q}
     procs = set()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                if os.path.realpath(f"/proc/{pid}/exe") in bins:
+                # only QEMUs of this run (their files are under its work dir): the
+                # machine may be shared with other runs of the same binary
+                if os.path.realpath(f"/proc/{pid}/exe") in bins and \
+                        (not work or work.encode() in open(f"/proc/{pid}/cmdline", "rb").read()):
                     procs.add(int(pid))
             except OSError:
                 pass
@@ -99,6 +105,11 @@ def main():
     ap.add_argument("--storm-rate", type=float, default=1000, help="max calls/s while the boot storm lasts")
     ap.add_argument("--storm-calls", type=int, default=None, help="boot-storm calls (quick 2000, full 19000)")
     ap.add_argument("--corrupt-modes", default=None, help="relay modes (quick bits-fixed,truncate; full magic,bits,bits-fixed,final,truncate)")
+    ap.add_argument("--qmp-driver", action="store_true",
+                    help="host-side QMP churn for every scenario (no guest agent; the pre-issue-10 trials)")
+    ap.add_argument("--agent-storm", type=int, default=None,
+                    help="boot-storm calls the guest agent makes at every boot (quick 2000, full 19500)")
+    ap.add_argument("--agent-dirty-mb", type=int, default=4, help="MiB the agent guest rewrites per second")
     ap.add_argument("--mig-timeout", type=float, default=120, help="per-migration time bound, s")
     ap.add_argument("--cost-runs", type=int, default=None,
                     help="routing-cost: migrations with routing on and off each (full 7, else 2)")
@@ -116,6 +127,7 @@ def main():
     mode = "full" if full else ("only" if args.only else "quick")
     args.count = args.count or (10 if full else 2)
     args.peer_count = args.peer_count or (5 if full else 3)
+    args.agent_storm = args.agent_storm if args.agent_storm is not None else (19500 if full else 2000)
     args.storm_calls = args.storm_calls if args.storm_calls is not None else (19000 if full else 2000)
     modes = (args.corrupt_modes or ("magic,bits,bits-fixed,final,truncate" if full or args.only
                                     else "bits-fixed,truncate")).split(",")
@@ -151,6 +163,9 @@ def main():
         todo = [s for s in todo if s in ("ping-pong", "peer")]
         log(f"WARNING: {qemu} lacks sev-page-enc-bitmap: plumbing-only run of {todo}", always=True)
     guest = assets.ensure_guest()
+    agent = None
+    if peb and not args.qmp_driver and any(s in GUEST_DRIVEN for s in todo):
+        agent = assets.ensure_agent(guest)
     if args.fw_dirs:
         fw_dirs = args.fw_dirs.split(":")
     elif env.get("QEMU_FW_DIRS") and env.get("QEMU") == qemu:
@@ -164,6 +179,9 @@ def main():
             "qemu": qemu, "qemu_version": qemu_version(qemu), "sevpeb": peb,
             "peer_qemu": peer_qemu or "–", "peer_version": qemu_version(peer_qemu) if peer_qemu else "–",
             "guest": f"{os.path.basename(guest['kernel'])} + busybox initramfs", "fw_dirs": fw_dirs,
+            "agent": (f"sevpeb_agent.ko for {agent['kver']} (key {agent['key']}), 4 vCPUs under MTTCG, "
+                      f"{args.agent_storm}-call boot storm; guest-driven: "
+                      f"{', '.join(s for s in todo if s in GUEST_DRIVEN)}") if agent else "none (QMP driver)",
             "host": f"{platform.node()} {platform.release()}, {os.cpu_count()} CPUs",
             "cmdline": "trials/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "args": {k: v for k, v in vars(args).items()}, "scenarios": todo}
@@ -182,12 +200,14 @@ def main():
     os.makedirs(work, exist_ok=True)
     hosts = Hosts()
     meta["ns"] = (hosts.ns["A"], hosts.ns["B"])
-    leaks_before = leak_snapshot(qemu, peer_qemu)
+    leaks_before = leak_snapshot(qemu, peer_qemu, work=work)
     results = []
     lvctx = None
     try:
         hosts.create()
         ctx = scenarios.Ctx(args, qemu, peer_qemu, fw_dirs, guest, hosts, work, peb)
+        ctx.agent = agent
+        gd = guestdriven if agent else scenarios
         for i, key in enumerate(todo, 1):
             log(f"=== scenario {i}/{len(todo)}: {key} ===", always=True)
             t0 = time.monotonic()
@@ -206,15 +226,15 @@ def main():
                     else:
                         r = lv.SCENARIOS[key](lvctx)
                 elif key == "ping-pong":
-                    r = scenarios.pingpong(ctx, args.count)
+                    r = gd.pingpong(ctx, args.count)
                 elif key == "reboot":
-                    r = scenarios.reboot(ctx)
+                    r = gd.reboot(ctx)
                 elif key == "hotplug":
-                    r = scenarios.hotplug(ctx)
+                    r = gd.hotplug(ctx)
                 elif key in ("cancel", "dest-killed"):
-                    r = scenarios.interrupted(ctx, "cancel" if key == "cancel" else "kill")
+                    r = gd.interrupted(ctx, "cancel" if key == "cancel" else "kill")
                 elif key == "corrupt":
-                    r = scenarios.corrupt(ctx, modes)
+                    r = gd.corrupt(ctx, modes)
                 elif key == "not-ready":
                     r = scenarios.not_ready(ctx)
                 elif key == "peer":
@@ -248,7 +268,7 @@ def main():
             meta["libvirt_md"] = lv.markdown(lvctx, results)
         hosts.delete()
 
-    leaks = leak_diff(leaks_before, leak_snapshot(qemu, peer_qemu))
+    leaks = leak_diff(leaks_before, leak_snapshot(qemu, peer_qemu, work=work))
     log(f"leak check: {leaks or 'no leaked network namespaces, QEMU processes or temp files'}", always=True)
 
     pics, why = report.pictures(results, args.out)

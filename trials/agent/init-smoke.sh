@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# The first manual smoke check's /init (superseded by the AGENT_INIT of trials/sevtrials/assets.py).
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 mount -t debugfs none /sys/kernel/debug

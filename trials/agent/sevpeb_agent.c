@@ -7,7 +7,9 @@
  * the host's tracker.
  *
  * debugfs sevpeb/: "record" (shared runs "gfn npages" as the guest declared
- * them), "stats", "ctl" (write: pause, resume, verify, bad, offline, reboot).
+ * them), "stats", "bad" (results of the last malformed-call round), "ctl"
+ * (write: pause, resume, verify, bad, offline, reboot, ready,
+ * "mark <pfn> <npages> <step>" for memory the guest onlined itself).
  */
 #include <linux/module.h>
 #include <linux/kthread.h>
@@ -35,8 +37,10 @@ module_param(bounce_mb, ulong, 0444);
 
 static unsigned long *shared_bm;	/* the guest's record, 1 bit per pfn */
 static unsigned long bm_pfns;
-static atomic64_t calls, errors, verified, bad_ok, bad_fail;
-static atomic_t paused;
+static atomic64_t calls, errors, verified, crc_fail, bad_ok, bad_fail;
+static atomic_t paused, busy;
+static char badlog[1024];
+static size_t badlen;
 static struct task_struct *threads[NR_CPUS];
 static struct dentry *dir;
 
@@ -86,7 +90,10 @@ static int churn(void *arg)
 		struct churn_page *c = &mine[i++ % CHURN_PAGES];
 		unsigned long pfn = page_to_pfn(c->pg);
 
+		atomic_inc(&busy);
+		smp_mb__after_atomic();
 		if (atomic_read(&paused)) {
+			atomic_dec(&busy);
 			msleep(20);
 			continue;
 		}
@@ -101,9 +108,23 @@ static int churn(void *arg)
 			map(pfn, 1, false);
 			map(pfn, 1, true);
 		}
+		smp_mb__before_atomic();
+		atomic_dec(&busy);
 		cond_resched();
 	}
 	return 0;
+}
+
+/* pause: no churn step is running or will start until resume (bounded wait) */
+static int pause_churn(void)
+{
+	int i;
+
+	atomic_set(&paused, 1);
+	smp_mb();
+	for (i = 0; i < 5000 && atomic_read(&busy); i++)
+		msleep(1);
+	return atomic_read(&busy) ? -EBUSY : 0;
 }
 
 static void verify(void)
@@ -118,9 +139,11 @@ static void verify(void)
 				continue;
 			if (crc32(0, page_address(c->pg), PAGE_SIZE) == c->crc)
 				atomic64_inc(&verified);
-			else
+			else {
+				atomic64_inc(&crc_fail);
 				pr_err("sevpeb-agent: CHECKSUM pfn %lx\n",
 				       page_to_pfn(c->pg));
+			}
 		}
 	pr_info("sevpeb-agent: VERIFIED %lld\n", atomic64_read(&verified));
 }
@@ -128,6 +151,9 @@ static void verify(void)
 static void expect(const char *what, long got, long want)
 {
 	atomic64_inc(got == want ? &bad_ok : &bad_fail);
+	if (badlen < sizeof(badlog))
+		badlen += scnprintf(badlog + badlen, sizeof(badlog) - badlen,
+				    "%s %ld %ld\n", what, got, want);
 	pr_info("sevpeb-agent: BAD %s -> %ld (%s)\n", what, got,
 		got == want ? "ok" : "WRONG");
 }
@@ -135,6 +161,8 @@ static void expect(const char *what, long got, long want)
 static void bad_calls(void)
 {
 	unsigned long pfn = page_to_pfn(owned[0][0].pg);
+
+	badlen = 0;
 
 	expect("misaligned", kvm_hypercall3(KVM_HC_MAP_GPA_RANGE,
 		(pfn << PAGE_SHIFT) + 8, 1, 0), -KVM_EINVAL);
@@ -170,23 +198,51 @@ DEFINE_SHOW_ATTRIBUTE(record);
 
 static int stats_show(struct seq_file *m, void *v)
 {
-	seq_printf(m, "calls %lld errors %lld verified %lld bad_ok %lld bad_fail %lld\n",
+	seq_printf(m, "calls %lld errors %lld verified %lld crc_fail %lld bad_ok %lld bad_fail %lld paused %d\n",
 		   atomic64_read(&calls), atomic64_read(&errors),
-		   atomic64_read(&verified), atomic64_read(&bad_ok),
-		   atomic64_read(&bad_fail));
+		   atomic64_read(&verified), atomic64_read(&crc_fail),
+		   atomic64_read(&bad_ok), atomic64_read(&bad_fail),
+		   atomic_read(&paused));
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(stats);
 
+static int bad_show(struct seq_file *m, void *v)
+{
+	seq_write(m, badlog, badlen);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(bad);
+
+/* mark every step-th page of [pfn, pfn + n) shared: memory the guest onlined */
+static long mark_online(unsigned long pfn, unsigned long n, unsigned long step)
+{
+	unsigned long i, done = 0;
+
+	if (!step || pfn + n > bm_pfns)
+		return -EINVAL;
+	for (i = 0; i < n; i += step) {
+		if (!pfn_to_online_page(pfn + i))
+			return -ENXIO;
+		if (map(pfn + i, 1, false))
+			return -EIO;
+		done++;
+	}
+	pr_info("sevpeb-agent: MARKED %lu pages in [%#lx, %#lx)\n", done, pfn, pfn + n);
+	return 0;
+}
+
 static ssize_t ctl_write(struct file *f, const char __user *ubuf, size_t len,
 			 loff_t *off)
 {
-	char buf[16] = {};
+	char buf[64] = {};
+	unsigned long a, b, c;
+	long ret = 0;
 
 	if (copy_from_user(buf, ubuf, min(len, sizeof(buf) - 1)))
 		return -EFAULT;
 	if (!strncmp(buf, "pause", 5))
-		atomic_set(&paused, 1);
+		ret = pause_churn();
 	else if (!strncmp(buf, "resume", 6))
 		atomic_set(&paused, 0);
 	else if (!strncmp(buf, "verify", 6))
@@ -195,9 +251,13 @@ static ssize_t ctl_write(struct file *f, const char __user *ubuf, size_t len,
 		bad_calls();
 	else if (!strncmp(buf, "offline", 7) || !strncmp(buf, "reboot", 6))
 		wrmsrl(MSR_KVM_MIGRATION_CONTROL, 0);
+	else if (!strncmp(buf, "ready", 5))
+		wrmsrl(MSR_KVM_MIGRATION_CONTROL, KVM_MIGRATION_READY);
+	else if (sscanf(buf, "mark %lu %lu %lu", &a, &b, &c) == 3)
+		ret = mark_online(a, b, c);
 	else
 		return -EINVAL;
-	return len;
+	return ret ? ret : len;
 }
 
 static const struct file_operations ctl_fops = { .write = ctl_write };
@@ -263,6 +323,7 @@ static int __init agent_init(void)
 	dir = debugfs_create_dir("sevpeb", NULL);
 	debugfs_create_file("record", 0444, dir, NULL, &record_fops);
 	debugfs_create_file("stats", 0444, dir, NULL, &stats_fops);
+	debugfs_create_file("bad", 0444, dir, NULL, &bad_fops);
 	debugfs_create_file("ctl", 0200, dir, NULL, &ctl_fops);
 	for_each_online_cpu(cpu) {
 		threads[cpu] = kthread_create_on_cpu(churn, (void *)(long)cpu,

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Manual smoke check (not yet part of run.py): source agA and destination agB QEMUs started with
+"""The first manual smoke check, superseded by trials/run.py (sevtrials/guestdriven.py), kept for
+reference: source agA and destination agB QEMUs started with
 -smp 4 and the smoke initramfs (init-smoke.sh as /init, sevpeb_agent.ko, cpl3call); migrates once
 with the agent churning, then compares the destination tracker with the guest record and runs the
 negative control (a host-side set the guest did not declare must be detected)."""

@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -188,3 +189,146 @@ def ensure_peer():
         q = os.path.join(dest, "usr/bin/qemu-system-x86_64")
         log(f"peer QEMU: {run([q, '--version'], capture=True).stdout.splitlines()[0]}")
         return q
+
+
+# ---------------------------------------------------------------------------
+# The guest agent (trials/agent): a kernel module for the trial guest's Debian
+# kernel, the ring-3 probe cpl3call, and an initramfs that loads them.
+
+AGENT_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "agent")
+AGENT_FILES = ("sevpeb_agent.c", "Makefile", "cpl3call.c")
+
+# /init of the agent guest: loads the module (which makes the boot-time calls and
+# starts one churn kthread per CPU), prints "tick N" each second, rewrites DIRTY
+# MiB each second, and serves the harness on the second serial port (ttyS1): one
+# request "ID CMD ARGS" per line, the answer ends with "END ID RC".
+AGENT_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
+mount -t debugfs none /sys/kernel/debug
+mount -t tmpfs -o size=64m tmpfs /tmp
+DIRTY=4; STORM=19500
+for a in $(cat /proc/cmdline); do case "$a" in
+  dirty_mb=*) DIRTY=${a#dirty_mb=};; storm_calls=*) STORM=${a#storm_calls=};; esac; done
+echo "GUEST-UP $(uname -r) cpus=$(nproc) dirty_mb=$DIRTY storm_calls=$STORM"
+D=/sys/kernel/debug/sevpeb
+if insmod /sevpeb_agent.ko storm_calls=$STORM; then echo "AGENT-READY $(cat $D/stats)"
+else echo "AGENT-FAILED $(dmesg | grep sevpeb-agent | tail -1)"; fi
+( n=0; while true; do
+    dd if=/dev/urandom of=/tmp/dirty.$((n % 2)) bs=1M count=$DIRTY 2>/dev/null
+    n=$((n + 1)); sleep 1
+  done ) &
+( i=0; while true; do i=$((i+1)); echo "tick $i uptime=$(cut -d' ' -f1 /proc/uptime)"; sleep 1; done ) &
+stty -F /dev/ttyS1 raw -echo
+exec 3<>/dev/ttyS1
+echo "AGENT-CHANNEL $(grep '^1:' /proc/tty/driver/serial)"
+while read -r id cmd arg <&3; do
+  case "$cmd" in
+    record) cat $D/record ;;
+    stats) cat $D/stats ;;
+    bad) cat $D/bad ;;
+    ctl) echo "$arg" > $D/ctl ;;
+    cpl3) /cpl3call ;;
+    online) for m in /sys/devices/system/memory/memory*; do
+              if [ "$(cat $m/state)" = offline ]; then
+                echo online > $m/state && echo "ONLINE $(cat $m/phys_index) $(cat $m/state)"; fi; done
+            echo "BLOCK $(cat /sys/devices/system/memory/block_size_bytes)" ;;
+    reboot) echo reboot > $D/ctl; echo "REBOOTING"; sync; (sleep 0.3; reboot -f) & ;;
+    *) echo "unknown $cmd"; false ;;
+  esac >&3 2>&1
+  echo "END $id $?" >&3
+done
+echo "AGENT-CHANNEL-CLOSED"
+while true; do sleep 1; done
+"""
+
+
+def _agent_key(kver):
+    h = hashlib.sha256(kver.encode())
+    for f in AGENT_FILES:
+        h.update(f.encode() + b"\0" + open(os.path.join(AGENT_SRC, f), "rb").read())
+    h.update(AGENT_INIT.encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_agent(guest):
+    """Build (once per guest kernel version + agent source) the agent module, cpl3call and
+    an initramfs with both; returns {"key", "kver", "ko", "cpl3call", "initrd"}. The
+    headers are Debian's linux-headers-<kver> for the exact guest kernel, fetched with
+    apt-get download and extracted into the cache (not installed)."""
+    kver = os.path.basename(guest["kernel"])[len("vmlinuz-"):]
+    base = os.path.join(cache_dir(), "agent")
+    key = _agent_key(kver)
+    out = os.path.join(base, f"build-{key}")
+    stamp = os.path.join(out, "stamp.json")
+    with _Lock(os.path.join(base, ".lock")):
+        if os.path.exists(stamp):
+            st = json.load(open(stamp))
+            if all(os.path.exists(st[k]) for k in ("ko", "cpl3call", "initrd")):
+                return st
+        log(f"building the guest agent for {kver} (key {key}) in {out}")
+        _ensure_installed(APT_HELPERS + ["make", "gcc", "libc6-dev", "bc", "libelf-dev"])
+        root = os.path.join(base, f"headers-{kver}")
+        hdir = os.path.join(root, "usr", "src", f"linux-headers-{kver}")
+        if not os.path.exists(os.path.join(hdir, ".complete")):
+            shutil.rmtree(root, ignore_errors=True)
+            debs = os.path.join(base, "debs")
+            shutil.rmtree(debs, ignore_errors=True)
+            # linux-headers-<kver> depends on -common (same source version) and linux-kbuild-<x.y>
+            pkgs = [f"linux-headers-{kver}"]
+            r = run(["apt-cache", "depends", f"linux-headers-{kver}"], capture=True, check=False)
+            if r.returncode != 0:
+                _apt_update()
+                r = run(["apt-cache", "depends", f"linux-headers-{kver}"], capture=True)
+            pkgs += [l.split()[1] for l in r.stdout.splitlines()
+                     if "Depends:" in l and ("linux-headers-" in l or "linux-kbuild-" in l)]
+            for p in pkgs:
+                run(["dpkg-deb", "-x", _download(p, debs), root])
+            common = next(iter(glob.glob(os.path.join(root, "usr", "src", "linux-headers-*-common"))), None)
+            if not common:
+                raise RuntimeError(f"no linux-headers-*-common among {pkgs}")
+            # the arch Makefile includes the -common one by absolute /usr/src path;
+            # the scripts symlink is relative (../../lib/linux-kbuild-x.y/scripts)
+            mk = os.path.join(hdir, "Makefile")
+            txt = open(mk).read()
+            open(mk, "w").write(re.sub(r"/usr/src/(linux-headers-\S+-common)", os.path.join(root, "usr/src/") + r"\1",
+                                       txt))
+            open(os.path.join(hdir, ".complete"), "w").close()
+            shutil.rmtree(debs, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        bdir = os.path.join(out, "src")
+        os.makedirs(bdir)
+        for f in AGENT_FILES:
+            shutil.copy2(os.path.join(AGENT_SRC, f), bdir)
+        r = run(["make", "-C", hdir, f"M={bdir}", "modules"], capture=True, check=False, timeout=600)
+        ko = os.path.join(bdir, "sevpeb_agent.ko")
+        if r.returncode != 0 or not os.path.exists(ko):
+            raise RuntimeError(f"building the agent module failed:\n{(r.stdout or '')[-1500:]}{(r.stderr or '')[-1500:]}")
+        cpl3 = os.path.join(out, "cpl3call")
+        run(["gcc", "-static", "-nostdlib", "-O2", "-mgeneral-regs-only", "-o", cpl3,
+             os.path.join(bdir, "cpl3call.c")])
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            ex = os.path.join(tmp, "bb")
+            run(["dpkg-deb", "-x", _download("busybox-static", os.path.join(base, "bb")), ex])
+            r0 = os.path.join(tmp, "root")
+            for d in ("bin", "proc", "sys", "dev", "tmp"):
+                os.makedirs(os.path.join(r0, d))
+            shutil.copy2(os.path.join(ex, "bin", "busybox"), os.path.join(r0, "bin", "busybox"))
+            shutil.copy2(ko, r0)
+            shutil.copy2(cpl3, r0)
+            with open(os.path.join(r0, "init"), "w") as f:
+                f.write(AGENT_INIT)
+            os.chmod(os.path.join(r0, "init"), 0o755)
+            initrd = os.path.join(out, "initramfs-agent.cpio.gz")
+            bb = os.path.join(r0, "bin", "busybox")
+            subprocess.run(f"cd '{r0}' && find . | '{bb}' cpio -o -H newc 2>/dev/null | gzip -9 > '{initrd}'",
+                           shell=True, check=True)
+        for old in glob.glob(os.path.join(base, "build-*")):
+            if old != out:
+                shutil.rmtree(old, ignore_errors=True)
+        st = {"key": key, "kver": kver, "ko": ko, "cpl3call": cpl3, "initrd": initrd,
+              "kernel": guest["kernel"]}
+        with open(stamp, "w") as f:
+            json.dump(st, f, indent=1)
+        log(f"agent: {os.path.getsize(ko)} B module, initramfs {os.path.getsize(initrd)} B")
+        return st

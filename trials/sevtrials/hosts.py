@@ -57,7 +57,8 @@ class VM:
     """One QEMU process (TCG, q35) in a namespace, with two QMP sockets (control + churn)."""
 
     def __init__(self, name, *, qemu, fw_dirs, guest, workdir, ns=None, host=None,
-                 sevpeb=True, incoming=False, mem_mb=256, extra=(), dirty_mb=8):
+                 sevpeb=True, incoming=False, mem_mb=256, extra=(), dirty_mb=8, agent=None, smp=4,
+                 storm_calls=19500):
         self.name, self.qemu, self.ns, self.host = name, qemu, ns, host
         self.sevpeb, self.incoming = sevpeb, incoming
         self.dir = workdir
@@ -66,19 +67,30 @@ class VM:
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
         self.qmp_path = os.path.join(workdir, f"{name}.qmp")
         self.churn_path = os.path.join(workdir, f"{name}.churn.qmp")
-        for p in (self.serial, self.qmp_path, self.churn_path):
+        self.agent_path = os.path.join(workdir, f"{name}.agent")
+        self.agent = agent
+        self._chan = None
+        for p in (self.serial, self.qmp_path, self.churn_path, self.agent_path):
             if os.path.exists(p):
                 os.unlink(p)
-        args = [qemu, "-name", name, "-M", "q35", "-accel", "tcg", "-smp", "1",
+        # the guest agent (trials/agent): 4 vCPUs under MTTCG, the KVM paravirt bits the
+        # agent checks, and a second serial port (ttyS1) for the harness's requests
+        # (a QEMU without the object, e.g. stock 10.0, gets plain qemu64: it knows neither bit's name)
+        cpu = (["-smp", str(smp), "-cpu", "qemu64,kvm-hc-map-gpa-range=on,kvm-migration-control=on"
+                if sevpeb else "qemu64"] if agent else ["-smp", "1"])
+        args = [qemu, "-name", name, "-M", "q35", "-accel", "tcg,thread=multi" if agent else "tcg", *cpu,
                 "-m", f"{mem_mb}M,slots=2,maxmem={mem_mb * 4}M",
                 "-nodefaults", "-display", "none", "-no-user-config"]
         for d in fw_dirs:
             args += ["-L", d]
-        args += ["-kernel", guest["kernel"], "-initrd", guest["initrd"],
-                 "-append", f"console=ttyS0 panic=-1 quiet dirty_mb={dirty_mb}",
+        args += ["-kernel", guest["kernel"], "-initrd", agent["initrd"] if agent else guest["initrd"],
+                 "-append", f"console=ttyS0 panic=-1 quiet dirty_mb={dirty_mb}"
+                 + (f" storm_calls={storm_calls}" if agent else ""),
                  "-serial", f"file:{self.serial}",
                  "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                  "-qmp", f"unix:{self.churn_path},server=on,wait=off"]
+        if agent:
+            args += ["-serial", f"unix:{self.agent_path},server=on,wait=off"]     # COM2 = ttyS1
         if sevpeb:
             args += ["-object", f"sev-page-enc-bitmap,id={PEB_ID}"]
         args += list(extra)
@@ -118,6 +130,9 @@ class VM:
             self.qmp.close()
         except Exception:
             pass
+        if self._chan:
+            self._chan.close()
+            self._chan = None
         self.err.close()
 
     def quit(self):
@@ -167,6 +182,12 @@ class VM:
                                                                   _raise(f"{self.name} exited: {self.stderr_tail()}")),
                           timeout, 0.2, f"{self.name}: tick {n}")
 
+    def chan(self):
+        """The agent's request channel (ttyS1 of this QEMU)."""
+        if self._chan is None:
+            self._chan = AgentChannel(self.agent_path, self.name)
+        return self._chan
+
     def status(self):
         return self.qmp.cmd("query-status")["status"]
 
@@ -182,6 +203,53 @@ class VM:
 
     def peb_get_prop(self, prop):
         return self.qmp.cmd("qom-get", path=PEB_PATH, property=prop)
+
+
+class AgentChannel:
+    """Requests to the guest's /init on ttyS1: "ID CMD ARGS" -> output lines, "END ID RC"."""
+
+    def __init__(self, path, name):
+        import socket
+        self.name, self.n = name, 0
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(5)
+        self.s.connect(path)
+        self.buf = b""
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+    def req(self, cmd, timeout=60):
+        """Send one request; return (rc, [lines]). Raises TimeoutError when the guest does not answer."""
+        self.n += 1
+        tag = f"r{self.n}"
+        self.s.sendall(f"{tag} {cmd}\n".encode())
+        deadline = time.monotonic() + timeout
+        lines = []
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                line = line.decode(errors="replace").strip("\r")
+                if line.startswith(f"END {tag} "):
+                    return int(line.split()[2]), lines
+                if line.startswith("END "):
+                    lines = []            # the answer to an earlier, abandoned request
+                    continue
+                lines.append(line)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: guest agent did not answer {cmd!r} within {timeout:.0f}s")
+            self.s.settimeout(min(left, 5))
+            try:
+                d = self.s.recv(65536)
+            except OSError:
+                continue
+            if not d:
+                raise EOFError(f"{self.name}: agent channel closed")
+            self.buf += d
 
 
 def _raise(msg):

@@ -14,7 +14,7 @@ def set_caps(vm, caps):
 
 
 def migrate(src, dst, uri, *, label, churn=None, pause=True, bandwidth_mib=64, downtime_ms=300,
-            hook=None, timeout=180, dst_uri=None, peb=True, poll=0.02):
+            hook=None, timeout=180, dst_uri=None, peb=True, poll=0.02, at_switchover=None):
     """Migrate src -> dst (dst already started with -incoming defer, or None when the
     caller arranged the listener). Returns a record dict; never raises for a failed
     migration (status says so)."""
@@ -66,6 +66,8 @@ def migrate(src, dst, uri, *, label, churn=None, pause=True, bandwidth_mib=64, d
             ts = time.monotonic()
             if churn and churn.running():
                 churn.stop()
+            if at_switchover:
+                at_switchover(state)     # the source is stopped, the destination not yet running
             src.qmp.cmd("migrate-continue", state="pre-switchover")
             switch_wait = (time.monotonic() - ts) * 1000
         state["info"], state["status"], state["elapsed"] = info, st, now - t0

@@ -82,6 +82,50 @@ def totals(results):
     return t
 
 
+def guest_rows(results):
+    """Migrations with guest-side figures (sevtrials/guestdriven.py)."""
+    return [(r, m, m["guest"]) for r in results for m in r.migrations if m.get("guest")]
+
+
+def guest_totals(results):
+    rows = guest_rows(results)
+    rates = [x for _, _, g in rows if g.get("rate_until") != "end" for x in (g.get("rate_per_vcpu") or [])]
+    before = [x for _, _, g in rows for x in (g.get("rate_before_per_vcpu") or [])]
+    cmp_ = [g["compare"] for _, _, g in rows if g.get("compare")]
+    t = {"migrations": len(rows), "rates": rates, "before": before,
+         "downtime_calls": sum(g.get("downtime_calls", 0) for _, _, g in rows),
+         "downtime_measured": sum(1 for _, _, g in rows if "downtime_calls" in g),
+         "inflight_max": max([g.get("inflight_max") or 0 for _, _, g in rows], default=0),
+         "compared": len(cmp_), "equal": sum(1 for c in cmp_ if c["equal"]),
+         "verified": [c.get("verified") for c in cmp_ if c.get("verified") is not None],
+         "crc_fail": sum(c.get("crc_fail") or 0 for c in cmp_)}
+    for r in results:
+        if "malformed" in r.numbers:
+            t["malformed"], t["cpl3"] = r.numbers["malformed"], r.numbers.get("cpl3")
+    return t
+
+
+def guest_lines(results):
+    t = guest_totals(results)
+    if not t["migrations"]:
+        return []
+    out = []
+    if t["rates"]:
+        out.append(f"guest agent: {len(t['rates'])} vCPU-migrations, hypercalls/s per vCPU during migration "
+                   f"min {min(t['rates']):.1f} / median {statistics.median(t['rates']):.1f} / max {max(t['rates']):.1f}"
+                   + (f" (1 s before each: median {statistics.median(t['before']):.0f}); " if t["before"] else "; ")
+                   + f"calls in the downtime window {t['downtime_calls']} over {t['downtime_measured']} migrations; "
+                   f"largest in flight at once {t['inflight_max']}")
+    if t["compared"]:
+        out.append(f"guest record == host tracker {t['equal']}/{t['compared']}; pages the guest verified per "
+                   f"comparison {min(t['verified'], default=0)}-{max(t['verified'], default=0)} "
+                   f"({t['crc_fail']} checksum mismatches)")
+    if t.get("malformed"):
+        out.append("malformed calls: " + ", ".join(f"{k} {v}" for k, v in t["malformed"].items())
+                   + f"; ring 3: {t.get('cpl3')}")
+    return out
+
+
 def text_summary(results, meta):
     lines = ["", "=" * 78, f"sevpeb migration trials — {meta['mode']}  ({meta['qemu_version']})", "=" * 78]
     for r in results:
@@ -104,6 +148,7 @@ def text_summary(results, meta):
                      f"({100.0 * t['section_bytes'] / t['ram_bytes']:.4f} %); largest downtime (END) payload "
                      f"{t.get('max_complete_bytes', 0):,} B")
     lines += routing_lines(results)
+    lines += guest_lines(results)
     for r in results:
         if r.key == "peer" and "ratio_total" in r.numbers:
             p = r.numbers["per_side"]
@@ -120,7 +165,9 @@ def write_markdown(results, meta, outdir, pictures):
          f"- date: {meta['date']}", f"- QEMU under test: `{meta['qemu']}` — {meta['qemu_version']}"
          f"{'' if meta['sevpeb'] else ' — **no sev-page-enc-bitmap object (plumbing run only)**'}",
          f"- peer (stock) QEMU: `{meta['peer_qemu']}` — {meta['peer_version']}",
-         f"- guest: {meta['guest']}, 256 MiB q35, TCG, 1 vCPU, dirtying {meta['args']['dirty_mb']} MiB/s",
+         f"- guest: {meta['guest']}, 256 MiB q35, TCG; QMP-driven scenarios 1 vCPU, dirtying "
+         f"{meta['args']['dirty_mb']} MiB/s; guest agent: {meta.get('agent', 'none')}, dirtying "
+         f"{meta['args'].get('agent_dirty_mb')} MiB/s",
          f"- hosts: network namespaces `{meta['ns'][0]}` / `{meta['ns'][1]}` joined by a veth pair",
          f"- migration: max-bandwidth {meta['args']['bandwidth']} MiB/s "
          f"(interrupted/reboot runs {meta['args']['slow_bandwidth']} MiB/s), return-path on; "
@@ -147,6 +194,34 @@ def write_markdown(results, meta, outdir, pictures):
               "Every completed migration's source counted the pages whose latest copy took the path of a "
               "state they no longer had (misrouted); the negative control turns off the change "
               "callback's dirtying and must find some.", ""] + [f"- {x}" for x in rl]
+    rows = guest_rows(results)
+    if rows:
+        L += ["", "## Guest-driven page state", "",
+              "The guest agent (trials/agent) makes every page-state change with KVM_HC_MAP_GPA_RANGE on 4 vCPUs "
+              "under MTTCG. Calls/s per vCPU: the source's per-vCPU hypercall counts (`hypercalls` of "
+              "x-query-sev-page-enc-bitmap) at `migrate` and at pre-switchover, over that time. Downtime window: "
+              "from the source's stop (pause-before-switchover: the source is stopped in pre-switchover, the "
+              "harness reads its counts there and the destination's, whose vCPUs have not run yet) to the "
+              "destination's resume; calls in it = source counts at the end minus at the stop, plus the "
+              "destination's counts at the stop (must be 0). After each migration the guest pauses its "
+              "churn, its own record (debugfs, read over ttyS1) is compared with the tracker of the host it runs "
+              "on, and it verifies the CRC32 of every page it wrote.", ""]
+        L += [f"- {x}" for x in guest_lines(results)]
+        L += ["", "| scenario | migration | status | calls/s per vCPU (1 s before) | calls/s per vCPU during | "
+                  "calls in downtime window (src+dst) | "
+                  "max in flight | compared on | guest record == tracker | shared pages | pages verified | "
+                  "checksum mismatches |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, m, g in rows:
+            c = g.get("compare") or {}
+            L.append(f"| {r.key} | {m['label']} | {m['status']} | "
+                     f"{' / '.join(f'{x:.0f}' for x in g['rate_before_per_vcpu']) if g.get('rate_before_per_vcpu') else '–'} | "
+                     f"{' / '.join(f'{x:.1f}' for x in g['rate_per_vcpu']) if g.get('rate_per_vcpu') else ('churn paused' if g.get('paused') else '–')}"
+                     f"{' (to the end)' if g.get('rate_until') == 'end' else ''} | "
+                     f"{_fmt(g.get('downtime_calls'))}"
+                     f"{' (' + str(g.get('downtime_calls_src')) + '+' + str(g.get('downtime_calls_dst')) + ')' if 'downtime_calls' in g else ''} | "
+                     f"{_fmt(g.get('inflight_max'))} | {c.get('label', '–')} | "
+                     f"{('yes' if c['equal'] else '**NO**') if c else '–'} | {_fmt(c.get('guest_pages'))} | "
+                     f"{_fmt(c.get('verified'))} | {_fmt(c.get('crc_fail'))} |")
     for r in results:
         if r.key == "peer" and r.numbers.get("per_side"):
             p = r.numbers["per_side"]
@@ -386,4 +461,32 @@ def pictures(results, outdir):
         fig.savefig(os.path.join(outdir, fn), dpi=110)
         plt.close(fig)
         out.append(("Guest memory map before/after", fn))
+
+    # 4. guest-driven: hypercalls/s per vCPU during each migration
+    rows = [(f"{r.key}: {m['label']}", g) for r, m, g in guest_rows(results)
+            if g.get("rate_per_vcpu") and g.get("rate_until") != "end"]
+    if rows:
+        nv = max(len(g["rate_per_vcpu"]) for _, g in rows)
+        fig, ax = plt.subplots(figsize=(11, 1.6 + 0.32 * len(rows) * 1.2))
+        h = 0.8 / nv
+        colors = ["#3b4cc0", "#f4a582", "#5aae61", "#9970ab", "#999999", "#d6604d", "#4393c3", "#000000"]
+        for i, (label, g) in enumerate(rows):
+            y = len(rows) - 1 - i
+            for v, rate in enumerate(g["rate_per_vcpu"]):
+                ax.barh(y + 0.4 - (v + 0.5) * h, rate, height=h, color=colors[v % len(colors)],
+                        label=f"vCPU {v}" if i == 0 else None)
+            ax.text(max(g["rate_per_vcpu"]) * 1.02 + 0.5, y,
+                    f"{g.get('downtime_calls', '–')} in downtime, max {g.get('inflight_max', '–')} in flight",
+                    va="center", fontsize=7)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([l for l, _ in reversed(rows)], fontsize=8)
+        ax.set_xlabel("KVM_HC_MAP_GPA_RANGE calls per second (source, from migrate to the switchover)")
+        ax.set_xlim(0, max(x for _, g in rows for x in g["rate_per_vcpu"]) * 1.45 + 1)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.set_title("Guest-driven page state: hypercalls per second per vCPU during each migration")
+        fig.tight_layout()
+        fn = "guest-hypercalls.png"
+        fig.savefig(os.path.join(outdir, fn), dpi=110)
+        plt.close(fig)
+        out.append(("Guest hypercalls per vCPU during migration", fn))
     return out, None

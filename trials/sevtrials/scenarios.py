@@ -45,17 +45,19 @@ class Ctx:
         self.args, self.qemu, self.peer_qemu = args, qemu, peer_qemu
         self.fw_dirs, self.guest, self.hosts, self.workdir = fw_dirs, guest, hosts, workdir
         self.peb = peb
+        self.agent = None          # assets.ensure_agent(): set by run.py for guest-driven scenarios
         self.vms, self.relays = [], []
         self.n = 0
         self.port = 4400
 
-    def boot(self, host, *, qemu=None, sevpeb=None, incoming=False, extra=(), tag="vm", wait_tick=2):
+    def boot(self, host, *, qemu=None, sevpeb=None, incoming=False, extra=(), tag="vm", wait_tick=2, agent=False):
         self.n += 1
         name = f"{tag}{self.n:02d}-{host}"
         vm = VM(name, qemu=qemu or self.qemu, fw_dirs=self.fw_dirs, guest=self.guest,
                 workdir=self.workdir, ns=self.hosts.ns[host], host=host,
                 sevpeb=self.peb if sevpeb is None else sevpeb, incoming=incoming, extra=extra,
-                dirty_mb=self.args.dirty_mb)
+                dirty_mb=self.args.agent_dirty_mb if agent else self.args.dirty_mb,
+                agent=self.agent if agent else None, storm_calls=self.args.agent_storm)
         self.vms.append(vm)
         if not incoming and wait_tick:
             vm.wait_tick(wait_tick, timeout=120)
@@ -584,6 +586,21 @@ def peer(ctx, count):
             per[side]["ram_mib"] = statistics.median([x["ram_transferred"] / MiB for x in done])
             per[side]["n"] = len(done)
     r.numbers["per_side"] = per
+    if ctx.agent:
+        # the guest agent cannot drive the stock side: without the object QEMU offers no KVM
+        # signature under TCG (and VMMCALL stays #UD), and the agent checks CPUID first
+        vm = ctx.boot("A", qemu=ctx.peer_qemu, sevpeb=False, tag="sa", wait_tick=0, agent=True)
+        try:
+            wait_until(lambda: "AGENT-" in vm.serial_text() or not vm.alive(), 120, 0.2,
+                       f"{vm.name}: agent loaded or refused")
+            t = vm.serial_text()
+            line = next((l for l in t.splitlines() if l.startswith("AGENT-")), "")
+        except TimeoutError as e:
+            line = str(e)
+        r.check("stock QEMU: the guest agent refuses to load (CPUID 0x40000001 lacks bits 16/17), "
+                "so this scenario keeps the QMP driver", line.startswith("AGENT-FAILED") and "NO-FEATURES" in line,
+                line.strip()[:200])
+        ctx.drop(vm)
     if sides[0][0] in per and "stock" in per:
         a, b = per[sides[0][0]], per["stock"]
         r.numbers["ratio_total"] = a["total_ms"] / max(b["total_ms"], 1)
