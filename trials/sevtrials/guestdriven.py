@@ -11,7 +11,7 @@ import time
 
 from .churn import normalize, diff_ranges
 from .hosts import PEB_PATH
-from .migrate import migrate, check_alive
+from .migrate import migrate, check_alive, compare_state
 from .scenarios import Result, _completed, _src_keeps_running, _wait_all_private, CORRUPT_EXPECT, MiB
 from .util import log, wait_until
 
@@ -105,7 +105,8 @@ def compare(r, vm, label, *, verify=True, keep_paused=False):
     return out
 
 
-def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout=None, check=True, **kw):
+def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout=None, check=True,
+             transit_negative=False, **kw):
     """One migration with the guest churning on every vCPU: per-vCPU hypercall counts at
     start, at the switchover (source stopped, destination not yet running) and after;
     then the guest-vs-destination comparison and the checksum verification."""
@@ -122,6 +123,14 @@ def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout
         sw["src"], _ = hcounts(src)
         if dst is not None:
             sw["dst"], _ = hcounts(dst)
+            # Hold the destination after the load (QEMU's `stop` on an incoming VM turns
+            # autostart off), so its tracker can be compared with the stopped source's
+            # before any vCPU of the destination runs: the transit check, exact.
+            try:
+                dst.qmp.cmd("stop")
+                sw["held"] = True
+            except Exception:
+                sw["held"] = False
     rec = migrate(src, dst, uri, label=label, pause=True, bandwidth_mib=bandwidth or ctx.args.bandwidth,
                   hook=hook, timeout=timeout or ctx.args.mig_timeout, at_switchover=at_switchover, **kw)
     try:
@@ -149,6 +158,20 @@ def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout
         except Exception:
             pass
     rec["guest"] = g
+    if rec["status"] == "completed" and sw.get("held"):
+        try:
+            wait_until(lambda: dst.status() == "paused", 60, what=f"{dst.name} loaded and held")
+            if transit_negative:
+                _transit_negative_control(r, src, dst)
+            problems, qs, qd = compare_state(src, dst)
+            detail = "; ".join(problems) or (f"digest {qd['digest']}, {qd['shared-pages']} shared pages "
+                                             f"in {len(qd['shared-ranges'])} ranges")
+        except Exception as e:
+            problems, detail = [str(e)], f"{type(e).__name__}: {e}"
+        g["transit_equal"] = not problems
+        r.check(f"{label}: destination == stopped source before the destination runs "
+                "(digest, pages, shared ranges, slots, migration control)", not problems, detail)
+        dst.qmp.cmd("cont")
     if rec["status"] == "completed":
         if "downtime_calls" in g:
             r.check(f"{label}: 0 hypercalls in the downtime window", g["downtime_calls"] == 0,
@@ -158,6 +181,25 @@ def gmigrate(ctx, r, src, dst, uri, *, label, bandwidth=None, hook=None, timeout
         if check:
             g["compare"] = compare(r, dst, f"{label} (destination)")
     return rec
+
+
+def _transit_negative_control(r, src, dst):
+    """The transit check must be able to fail: one page of the held destination flipped
+    (then flipped back) is reported by compare_state."""
+    q = dst.peb_query(max_ranges=1)
+    slot = max(q["slots"], key=lambda s: s["npages"])
+    gfn = slot["base-gfn"] + slot["npages"] // 2
+    before = dst.qmp.cmd("x-query-sev-page-enc-bitmap", **{"max-ranges": 1})["digest"]
+    # the page's state: shared if it lies in one of the destination's shared ranges
+    shared = any(a <= gfn < b for a, b in normalize(dst.peb_query()["shared-ranges"]))
+    dst.qmp.cmd("x-sev-page-enc-bitmap-set", gpa=gfn << 12, npages=1, encrypted=shared)
+    flipped, _, _ = compare_state(src, dst)
+    dst.qmp.cmd("x-sev-page-enc-bitmap-set", gpa=gfn << 12, npages=1, encrypted=not shared)
+    after = dst.qmp.cmd("x-query-sev-page-enc-bitmap", **{"max-ranges": 1})["digest"]
+    r.check("negative control: one page flipped on the held destination is reported by the transit check",
+            bool(flipped) and before == after,
+            f"gfn {gfn:#x}: {'; '.join(flipped)[:200]}; flipped back: digest "
+            f"{'restored' if before == after else 'NOT restored'}")
 
 
 def _peb_prop(vm, prop):
@@ -234,7 +276,7 @@ def pingpong(ctx, count):
         h = ctx.hosts.other(src.host)
         dst = boot(ctx, h, incoming=True, tag="pp")
         log(f"[ping-pong] guest-driven migration {i}/{count}: {src.name} -> {dst.name}", always=True)
-        rec = gmigrate(ctx, r, src, dst, ctx.uri(h), label=f"migration {i}/{count}")
+        rec = gmigrate(ctx, r, src, dst, ctx.uri(h), label=f"migration {i}/{count}", transit_negative=i == 1)
         r.migrations.append(rec)
         if not _completed(r, rec, f"migration {i}/{count} {src.host}->{h} completed"):
             break
