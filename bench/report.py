@@ -130,9 +130,10 @@ def before_after(F, cg):
          f"{bm.get('date', '?')} on this machine (load average {bm.get('load', '?')}), kept in "
          f"`bench/baseline/phase1/`. After: this run. Ratios "
          "are sevpeb / peer (min / **median** / max), each measured side by side with its peer in one "
-         "process, so the two runs can be compared although the machine's load differs. The lock-free "
-         "update path (`storm_atomic`, `single_atomic`) is not part of phase 2 here (the tracker's "
-         "locking is being split into a shell and an engine first).", "",
+         "process, so the two runs can be compared although the machine's load differs (on this shared "
+         "2-core VM even the peers' own times move 2x between runs: the instruction counts below are "
+         "the stable measure). The update path (`storm_atomic`, `single_atomic`) stays locked: phase 3 "
+         "trimmed it (see the reason under `storm` for what is left and what a lock-free path would pay).", "",
          "| figure | goal | before | after |", "|---|---|---|---|"]
     for fid in ISSUE13 + sorted(k for k in F if k not in ISSUE13):
         a, b = F.get(fid), B.get(fid)
@@ -194,16 +195,16 @@ def hot_reason(F, cg, fid):
                "the one-chunk cases are inlined into the C entry point (no generic closure, no call to "
                "Bits.fill for one word, no segment walk), and the slot of the last lookup is tried before "
                "the binary search; the disassembly of the hot path has no swift_retain/release and no "
-               "error-string formatting outside the error branches. Before: 358 instructions a "
-               "map_gpa_range, 347 a set_range, 300 a no-op, 370 a storm call.")
-    txt.append("A lock-free update (an atomic fetch-or/fetch-and on the block's word, then the chunk's dirty "
-               "bit) would still pay, per update, a load of an epoch/gate word that excludes layout changes "
-               "and the uniform->mixed allocation (or an RCU read section), the lock-prefixed word RMW, and "
-               "a second lock-prefixed RMW (or a checked plain store) for the chunk's dirty bit and hash "
-               "invalidation, since the encoder clears them concurrently: at least as many atomics as the "
-               "peer's one, plus the slot lookup. 1.0x of one atomic RMW is therefore out of reach for any "
-               "design that tracks changed chunks; ~1.5-2x is the realistic lock-free target, not started "
-               "here (it needs its own proof under TSan and the stress run).")
+               "error-string formatting outside the error branches. Before (callgrind of this suite at commit "
+               "525a45f): 358 instructions a map_gpa_range, 347 a set_range, 300 a no-op, 370 a storm call.")
+    txt.append("A lock-free update (not started: it needs its own proof under TSan and the stress run) "
+               "would still pay, per update: a load of a gate/epoch word that keeps layout changes and the "
+               "uniform->mixed allocation out (or an RCU read section), the slot lookup and the chunk's "
+               "kind and block (~40-60 instructions of the counts above), the lock-prefixed word RMW (the "
+               "peer's whole cost), and the chunk's dirty bit: a plain load that finds it set during a "
+               "storm, a second lock-prefixed RMW only for the first update of a chunk after the encoder "
+               "took it. So at least one RMW plus ~50 instructions against the peer's one RMW and ~20: "
+               "about 1.2-2x in wall-clock time, 1.0x only where the lookup hides under the RMW's latency.")
     return " ".join(txt)
 
 
