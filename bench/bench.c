@@ -512,6 +512,7 @@ typedef struct {
     size_t dst_len;
     wbuf *w;
     uint64_t gfn, n;
+    uint64_t gfn2;   /* a page of a uniform private chunk (single_noop) */
     int64_t iters;
     volatile uint64_t sink;
 } ctx;
@@ -570,6 +571,31 @@ static void op_s_single(void *c_)
     for (int64_t i = 0; i < c->iters; i++) {
         sevpeb_map_gpa_range(c->t, c->gfn << 12, 1, 0);
         sevpeb_map_gpa_range(c->t, c->gfn << 12, 1, SEVPEB_MAP_GPA_RANGE_ENCRYPTED);
+    }
+}
+/* The floor of any locked design: an uncontended pthread mutex lock+unlock
+ * around QEMU's own atomic bit op (what a mutex-guarded tracker pays before
+ * it does any work of its own). */
+static pthread_mutex_t floor_mu = PTHREAD_MUTEX_INITIALIZER;
+static void op_floor_single(void *c_)
+{
+    ctx *c = c_;
+    for (int64_t i = 0; i < c->iters; i++) {
+        pthread_mutex_lock(&floor_mu);
+        peer_clear_atomic(c->m, (long)c->gfn, 1);
+        pthread_mutex_unlock(&floor_mu);
+        pthread_mutex_lock(&floor_mu);
+        peer_set_atomic(c->m, (long)c->gfn, 1);
+        pthread_mutex_unlock(&floor_mu);
+    }
+}
+/* set_range on a uniform private chunk that stays private: a no-op update */
+static void op_s_single_noop(void *c_)
+{
+    ctx *c = c_;
+    for (int64_t i = 0; i < c->iters; i++) {
+        sevpeb_set_range(c->t, c->gfn2, 1, 1);
+        sevpeb_set_range(c->t, c->gfn2, 1, 1);
     }
 }
 static void op_s_single_setrange(void *c_)
@@ -907,6 +933,10 @@ static int ic_mode(void)
     IC("peer:single", op_q_single(&c));
     IC("peer_atomic:single", op_qa_single(&c));
     IC("sevpeb:single", op_s_single(&c));
+    IC("mutex_floor:single", op_floor_single(&c));
+    IC("sevpeb_set_range:single", op_s_single_setrange(&c));
+    c.gfn2 = 3 * GIB_PAGES / 2;   /* a uniform private chunk */
+    IC("sevpeb_noop:single", op_s_single_noop(&c));
     c.gfn = 1000 * 256; c.n = GIB_PAGES;
     IC("peer:large", op_q_large(&c));
     IC("sevpeb:large", op_s_large(&c));
@@ -989,6 +1019,11 @@ int main(int argc, char **argv)
            "<= 1.0x QEMU", 1.0);
     paired("single_set_range", "update", "single-page sevpeb_set_range (no hypercall decoding)",
            "QEMU bitmap_set/clear", op_q_single, &c, op_s_single_setrange, &c, R, 2.0 * c.iters, "ns", NULL, 0);
+    paired("mutex_floor", "update", "floor of a locked design: uncontended pthread mutex lock+unlock around bitmap_set_atomic/clear_bit_atomic",
+           "QEMU bitmap_set_atomic/clear_bit_atomic", op_qa_single, &c, op_floor_single, &c, R, 2.0 * c.iters, "ns", NULL, 0);
+    c.gfn2 = L1.base[1] + L1.pages[1] / 2 + 7;   /* far from the typical state's shared pages */
+    paired("single_noop", "update", "single-page sevpeb_set_range that changes nothing (uniform private chunk)",
+           "QEMU bitmap_set_atomic/clear_bit_atomic", op_qa_single, &c, op_s_single_noop, &c, R, 2.0 * c.iters, "ns", NULL, 0);
     {
         c.iters = quick ? 200000 : 1000000;
         mmm u = timed(op_s_single, &c, R, 2.0 * c.iters, "ns");

@@ -21,6 +21,11 @@ struct EngineState {
     /// changed since the last one is O(1) whatever the guest size.
     var stateGeneration: UInt64 = 1
     var summaryCache: (gen: UInt64, digest: UInt64, pages: UInt64, shared: UInt64) = (0, 0, 0, 0)
+    /// The slot the last lookup found (a hint: checked against slotCount and
+    /// the slot's bounds before use, so a layout change cannot make it lie).
+    /// Page-state calls come in runs in one slot (the boot storm's DMA
+    /// area): a hit skips the binary search.
+    var slotHint = 0
     var callback: ChangeCallback? = nil
     // SAFETY: the C caller's value, handed back to its callback, never dereferenced.
     var callbackOpaque: UnsafeMutableRawPointer? = nil
@@ -82,9 +87,14 @@ struct Engine: ~Copyable {
 
     /// Index of the slot containing `gfn`, or nil.
     @inline(__always) func slotIndex(containing gfn: UInt64) -> Int? {
+        let h = p.pointee.slotHint
+        if h < slotCount {
+            let sl = slots[h]
+            if gfn >= sl.base && gfn &- sl.base < sl.pages { return h }
+        }
         if slotCount == 0 { return nil }
         let i = firstSlotEndingAfter(gfn)
-        if i < slotCount && slots[i].base <= gfn { return i }
+        if i < slotCount && slots[i].base <= gfn { p.pointee.slotHint = i; return i }
         return nil
     }
 

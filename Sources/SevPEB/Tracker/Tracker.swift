@@ -108,7 +108,7 @@ public final class Tracker {
 
     /// Set [gfn, gfn+n) private (`value` true) or shared. Returns whether
     /// any page changed. On error nothing changed.
-    @discardableResult
+    @discardableResult @inline(__always)
     public func setRange(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
         // The callback is read under the same lock as the update (not with a
         // second lock round trip: that was a third of a single-page update).
