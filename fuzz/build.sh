@@ -13,11 +13,12 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     for f in fuzz/targets/*.swift; do targets+=("$(basename "$f" .swift)"); done
 fi
-# Build from a snapshot of the sources, so edits made meanwhile cannot
-# break the compile half-way.
+# Build from a snapshot of the sources (library and fuzz/), so edits made
+# meanwhile cannot break the compile half-way.
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
 cp -r Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash "$SRC/"
+cp -r fuzz/common "$SRC/fuzzcommon" && cp -r fuzz/targets "$SRC/fuzztargets"
 # inspect's sources join the library's module in the qemustream target: rename
 # its own helpers that share a name with the library's internal ones
 cp -r Sources/SevPEBInspect "$SRC/"
@@ -33,22 +34,22 @@ msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 # The reference model's byte loops: the oracle, not the code under test, fed
 # only buffers the harness sized: -O2 without coverage or ASan, so that they
 # vectorize (with ASan they were a quarter of the roundtrip target's time).
-clang -O2 -g -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
+clang -O2 -g -I "$SRC/fuzzcommon/include" -c "$SRC/fuzzcommon/fuzz_model.c" -o "$OUT/fuzz_model.o"
 # XXH3 (libxxhash-dev, inline): ASan, but no coverage (a library, not our code).
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/hash.c" -o "$OUT/hash.o"
 # The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
 clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
-clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/kvmodel -c fuzz/common/kvmodel/kvmodel_fuzz.c -o "$OUT/kvmodel_fuzz.o"
+clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/fuzzcommon/kvmodel" -c "$SRC/fuzzcommon/kvmodel/kvmodel_fuzz.c" -o "$OUT/kvmodel_fuzz.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
     extra=()
     case $t in
-        seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
+        seed) extra=(-I "$SRC/fuzzcommon/kvmodel" "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
         qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
     esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
-        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
-        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/fuzz_model.o" "${extra[@]}" \
+        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I "$SRC/fuzzcommon/include" \
+        "${lib[@]}" "$SRC"/fuzzcommon/*.swift "$SRC/fuzztargets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/fuzz_model.o" "${extra[@]}" \
         -o "$OUT/$t" 2> >(grep -v -e 'ld.gold: warning: Cannot export local symbol' -e 'ignoring import' >&2)
     echo "built $OUT/$t"
 done
