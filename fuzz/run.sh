@@ -61,7 +61,7 @@ for t in "${targets[@]}"; do
         fail=$((fail + 1)); st="FAILED (rc $rc, see $log)"
         grep -E 'FUZZ CHECK FAILED|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY|Test unit written' "$log" | head -8
     fi
-    line=$(printf 'fuzz %-10s %8s execs in %ss (%s exec/s), cov %s, ft %s, corpus %s files / %s KiB: %s' "$t" "${execs:-?}" \
+    line=$(printf 'fuzz %-10s %8s execs in %ss (%s exec/s), cov %s, ft %s, corpus %s files (%s KiB on disk): %s' "$t" "${execs:-?}" \
         "$SECONDS_EACH" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corp" "$(du -sk "$work" | cut -f1)" "$st")
     echo "$line"; summary+=("$line")
 done
