@@ -13,11 +13,13 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     for f in fuzz/targets/*.swift; do targets+=("$(basename "$f" .swift)"); done
 fi
-# Build from a snapshot of the sources, so edits made meanwhile cannot
-# break the compile half-way.
+# Build from a snapshot of the sources (library and fuzz/), so edits made
+# meanwhile cannot break the compile half-way.
 SRC="$OUT/src"
 rm -rf "$SRC" && mkdir -p "$SRC"
 cp -r Sources/SevPEB Sources/CSevPEBShims Sources/CSevPEBHash "$SRC/"
+cp -r fuzz/common "$SRC/fuzzcommon" && cp -r fuzz/targets "$SRC/fuzztargets"
+mkdir -p "$SRC/shared" && cp Tests/SevPEBTestSupport/LayoutReference.swift "$SRC/shared/"
 # inspect's sources join the library's module in the qemustream target (they
 # use the library's one hex and errnoName, so nothing needs renaming)
 cp -r Sources/SevPEBInspect "$SRC/"
@@ -27,28 +29,30 @@ cp include/sevpeb.h Sources/CSevPEB/include/module.modulemap "$SRC/CSevPEB/inclu
 # layout): give the snapshot the same shape.
 mkdir -p "$OUT/include" && cp include/sevpeb.h "$OUT/include/"
 csan=${SANITIZE/fuzzer/fuzzer-no-link}
-clang -O1 -g -fsanitize="$csan" -I "$SRC/CSevPEBShims/include" -c "$SRC/CSevPEBShims/shims.c" -o "$OUT/shims.o"
-# The reference model's byte loops: ASan, but no coverage (it is the oracle).
+clang -O2 -g -fsanitize="$csan" -I "$SRC/CSevPEBShims/include" -c "$SRC/CSevPEBShims/shims.c" -o "$OUT/shims.o"
 msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
-clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/include -c fuzz/common/fuzz_model.c -o "$OUT/fuzz_model.o"
+# The reference model's byte loops: the oracle, not the code under test, fed
+# only buffers the harness sized: -O2 without coverage or ASan, so that they
+# vectorize (with ASan they were a quarter of the roundtrip target's time).
+clang -O2 -g -I "$SRC/fuzzcommon/include" -c "$SRC/fuzzcommon/fuzz_model.c" -o "$OUT/fuzz_model.o"
 # XXH3 (libxxhash-dev, inline): ASan, but no coverage (a library, not our code).
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/hash.c" -o "$OUT/hash.o"
 # The C loops the Swift side calls (copy-out's shifted copy): ASan, no coverage.
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/bits.c" -o "$OUT/bits.o"
 # The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
 clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
-clang -O2 -g ${msan:+-fsanitize=$msan} -I fuzz/common/kvmodel -c fuzz/common/kvmodel/kvmodel_fuzz.c -o "$OUT/kvmodel_fuzz.o"
+clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/fuzzcommon/kvmodel" -c "$SRC/fuzzcommon/kvmodel/kvmodel_fuzz.c" -o "$OUT/kvmodel_fuzz.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
     extra=()
     case $t in
-        seed) extra=(-I fuzz/common/kvmodel "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
+        seed) extra=(-I "$SRC/fuzzcommon/kvmodel" "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
         qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
-        setlayout) extra=(Tests/SevPEBTestSupport/LayoutReference.swift) ;;  # shared with LayoutTests
+        setlayout) extra=("$SRC/shared/LayoutReference.swift") ;;  # shared with LayoutTests
     esac
     swiftc -parse-as-library -module-name SevPEB -O -g -sanitize="$SANITIZE" \
-        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I fuzz/common/include \
-        "${lib[@]}" fuzz/common/*.swift "fuzz/targets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/bits.o" "$OUT/fuzz_model.o" "${extra[@]}" \
+        -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I "$SRC/fuzzcommon/include" \
+        "${lib[@]}" "$SRC"/fuzzcommon/*.swift "$SRC/fuzztargets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/bits.o" "$OUT/fuzz_model.o" "${extra[@]}" \
         -o "$OUT/$t" 2> >(grep -v -e 'ld.gold: warning: Cannot export local symbol' -e 'ignoring import' >&2)
     echo "built $OUT/$t"
 done

@@ -53,6 +53,7 @@ for t in "${targets[@]}"; do
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
     cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
+    ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
     corp=$(ls "$work" | wc -l)
     if [ $rc -eq 0 ]; then
         pass=$((pass + 1)); st=ok
@@ -60,7 +61,8 @@ for t in "${targets[@]}"; do
         fail=$((fail + 1)); st="FAILED (rc $rc, see $log)"
         grep -E 'FUZZ CHECK FAILED|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY|Test unit written' "$log" | head -8
     fi
-    line=$(printf 'fuzz %-10s %8s execs in %ss (%s exec/s), cov %s, corpus %s: %s' "$t" "${execs:-?}" "$SECONDS_EACH" "${rate:-?}" "${cov:-?}" "$corp" "$st")
+    line=$(printf 'fuzz %-10s %8s execs in %ss (%s exec/s), cov %s, ft %s, corpus %s files (%s KiB on disk): %s' "$t" "${execs:-?}" \
+        "$SECONDS_EACH" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corp" "$(du -sk "$work" | cut -f1)" "$st")
     echo "$line"; summary+=("$line")
 done
 echo "---"

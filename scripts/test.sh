@@ -8,7 +8,7 @@
 #   SEVPEB_FUZZ_SECONDS=600 bash scripts/test.sh   longer fuzzing
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-FUZZ_SECONDS=${SEVPEB_FUZZ_SECONDS:-30}  # 7 targets: 3.5 min
+FUZZ_SECONDS=${SEVPEB_FUZZ_SECONDS:-30}  # 8 targets: 4 min of fuzzing + their builds
 
 step "set-up: Debian and PyPI packages" bash -c 'source scripts/lib.sh; install_base_deps && install_py_deps'
 step "swift test (unit, model-based property tests, round trips, hostile input)" \
@@ -38,6 +38,8 @@ step "QEMU-level tests (-accel kvm): upstream cap + MSR filter, seed v6/v8 kerne
     bash Tests/qemu/run-kvm.sh
 step "QMP client (qemu.qmp): self-test against a scripted server" \
     "$PYVENV/bin/python" trials/selftest_qmp.py
+step "trials leak check: negative control (a leaked temp file, QEMU process, namespace must be named)" \
+    "$PYVENV/bin/python" trials/selftest_leaks.py
 step "cross-host trials: quick subset (network namespaces)" \
     "$PYVENV/bin/python" trials/run.py --quick
 summary

@@ -67,22 +67,48 @@ func expectEqual(_ t: Tracker, _ m: RefModel, _ what: String, digest: Bool = fal
     if let v = t.fuzzInvariantViolation() { fuzzFail("\(what): invariant: \(v)") }
     if t.slotList != m.slotList { fuzzFail("\(what): layout \(t.slotList) != model \(m.slotList)") }
     for s in m.slots {
-        let got = trackerPages(t, s.base, s.bits.count)
-        if memcmp(got, s.bits, got.count) != 0 {
-            let k = zip(got, s.bits).enumerated().first { $0.element.0 != $0.element.1 }!.offset
-            fuzzFail("\(what): page \(hex(s.base + UInt64(k))) is \(got[k]), model \(s.bits[k])")
+        // The tracker's packed bits against the model's bytes, in C (an
+        // unpacked copy of every slot was a third of the roundtrip target's time).
+        let (k, got) = withPackedBits(t, s.base, UInt64(s.bits.count), what) { b -> (Int, UInt8) in
+            let k = s.bits.withUnsafeBufferPointer { m in fz_cmp_bits(b.baseAddress!, m.baseAddress!, m.count) }
+            return (k, k < s.bits.count ? (b[k / 8] >> UInt8(k % 8)) & 1 : 0)
         }
+        if k != s.bits.count { fuzzFail("\(what): page \(hex(s.base + UInt64(k))) is \(got), model \(s.bits[k])") }
     }
     let (pages, shared) = t.totals()
     if pages != m.totalPages || shared != m.shared { fuzzFail("\(what): totals \(pages)/\(shared), model \(m.totalPages)/\(m.shared)") }
     if digest && t.digest() != m.digest() { fuzzFail("\(what): digest \(hex(t.digest())) != model digest \(hex(m.digest()))") }
 }
 
-/// A tracker's state as raw bitmaps (one LSB-first byte string per slot),
-/// layout, control value and digest: cheap to take and compare.
+/// One scratch buffer for packed slot bits, grown as needed and reused:
+/// fresh allocations of up to 128 KiB per check went through ASan's mmap
+/// path and cost page faults on every input.
+nonisolated(unsafe) var fuzzScratch = [UInt8](repeating: 0, count: 1 << 17)
+
+/// The tracker's bits of [base, base+pages) (valid), packed LSB first, in
+/// fuzzScratch (valid during body only).
+func withPackedBits<R>(_ t: Tracker, _ base: UInt64, _ pages: UInt64, _ what: String,
+                       _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+    let len = Int((pages + 7) / 8)
+    if fuzzScratch.count < max(len, 1) { fuzzScratch = [UInt8](repeating: 0, count: max(len, 1)) }
+    return fuzzScratch.withUnsafeMutableBufferPointer { b -> R in
+        // getBitmap keeps the bits above `pages` of the last byte (the
+        // seed dialect's contract): clear what an earlier call left there
+        if len > 0 { b[len - 1] = 0 }
+        do throws(SevError) { try t.getBitmap(base, pages, b.baseAddress!, len) } catch {
+            fuzzFail("\(what): getBitmap of \(hex(base)) + \(pages): \(error.message)")
+        }
+        return body(UnsafeBufferPointer(start: b.baseAddress!, count: len))
+    }
+}
+
+/// A tracker's state: layout, control value, digest and, per slot, an XXH3
+/// of its packed bits (so that a stale cached digest cannot hide a change):
+/// cheap to take and compare. (Copies of the bitmaps, compared byte by byte
+/// with a coverage callback per byte, were half of the decode target's time.)
 struct RawState: Equatable {
     var slots: [Tracker.Slot]
-    var bits: [[UInt8]]
+    var bits: [UInt64]
     var control: UInt64
     var digest: UInt64
 
@@ -90,25 +116,9 @@ struct RawState: Equatable {
         slots = t.slotList
         bits = []
         for s in slots {
-            var buf = [UInt8](repeating: 0, count: Int((s.pages + 7) / 8))
-            do throws(SevError) {
-                try buf.withUnsafeMutableBufferPointer { (b) throws(SevError) in try t.getBitmap(s.base, s.pages, b.baseAddress!, b.count) }
-            } catch { fuzzFail("getBitmap of slot \(hex(s.base)): \(error.message)") }
-            bits.append(buf)
+            bits.append(withPackedBits(t, s.base, s.pages, "state") { b in XXH3.hash(bytes: UnsafeRawPointer(b.baseAddress!), count: b.count) })
         }
         control = t.migrationControl
         digest = t.digest()
-    }
-
-    /// memcmp per slot: the synthesized `==` compared byte by byte with a
-    /// coverage callback per byte (a quarter of the decode target's time).
-    static func == (a: RawState, b: RawState) -> Bool {
-        if a.slots != b.slots || a.control != b.control || a.digest != b.digest || a.bits.count != b.bits.count {
-            return false
-        }
-        for i in 0..<a.bits.count where a.bits[i].count != b.bits[i].count || memcmp(a.bits[i], b.bits[i], a.bits[i].count) != 0 {
-            return false
-        }
-        return true
     }
 }

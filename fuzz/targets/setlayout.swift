@@ -11,16 +11,12 @@ let fuzzTarget = "setlayout"
 // (Tests/SevPEBTestSupport/LayoutReference.swift, compiled in by fuzz/build.sh).
 func slotBySlot(_ t: Tracker, _ new: [Tracker.Slot]) throws(SevError) { try applySlotBySlot(t, new) }
 
-func layoutBits(_ t: Tracker) -> [UInt8] {
-    var out: [UInt8] = []
-    for sl in t.slotList {
-        var b = [UInt8](repeating: 0, count: Int((sl.pages &+ 7) / 8))
-        do throws(SevError) {
-            try b.withUnsafeMutableBufferPointer { (p) throws(SevError) in try t.getBitmap(sl.base, sl.pages, p.baseAddress!, p.count) }
-        } catch { fuzzFail("getBitmap \(hex(sl.base)): \(error.message)") }
-        out += b
+/// Per slot, an XXH3 of its packed bits (fuzz/common/Check.swift: a reused
+/// buffer; fresh copies compared with `==` cost a coverage callback per byte).
+func layoutBits(_ t: Tracker) -> [UInt64] {
+    t.slotList.map { sl in
+        withPackedBits(t, sl.base, sl.pages, "layout") { b in XXH3.hash(bytes: UnsafeRawPointer(b.baseAddress!), count: b.count) }
     }
-    return out
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")

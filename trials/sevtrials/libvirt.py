@@ -847,8 +847,9 @@ def dimm(ctx):
 
 
 def failure(ctx):
-    """virsh migrate to a destination whose object is missing (migrate --xml without it), and to
-    one whose QEMU is killed mid-way: libvirt reports the error, the source keeps running with its
+    """virsh migrate to a destination whose object is missing (migrate --xml without it), to
+    one whose QEMU is killed mid-way, and through a relay that corrupts the sevpeb section
+    (sevtrials/libvirt_refuse.py): libvirt reports the error, the source keeps running with its
     bitmap intact."""
     r = _result("lv-failure", "virsh migrate: destination without the object; destination QEMU killed mid-way")
     ctx.scenario = "lv-failure"
@@ -925,6 +926,9 @@ def failure(ctx):
     r.check("destination killed: source keeps running", ctx.where() == "A" and ctx.guest_progresses(),
             f"running on {ctx.where()}")
     ctx.check_state(r, "A", model, "destination killed: source bitmap == model (churn included)")
+    # 3. the destination refuses a corrupted section (sevtrials/libvirt_refuse.py)
+    from .libvirt_refuse import corrupted_section
+    corrupted_section(ctx, r, model)
     d = _migrate_checked(ctx, r, "A", ["--p2p"], "retry after failures", model)
     return r
 

@@ -16,4 +16,7 @@ size_t fz_find(const uint8_t *p, size_t n, uint8_t v);
 void fz_put_bits(uint8_t *dst, size_t off, const uint8_t *pages, size_t n);
 /* Read n bits at bit offset off of src into pages[0..n); returns changes. */
 size_t fz_get_bits(const uint8_t *src, size_t off, uint8_t *pages, size_t n);
+/* Index of the first page of pages[0..n) (nonzero = 1) that differs from
+ * bit i of packed (LSB first), or n. */
+size_t fz_cmp_bits(const uint8_t *packed, const uint8_t *pages, size_t n);
 #endif
