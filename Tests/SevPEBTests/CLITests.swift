@@ -1,3 +1,4 @@
+import Foundation
 import CSevPEBShims
 import Testing
 @testable import SevPEB
@@ -268,5 +269,37 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
         let big = MemoryMapSVG().render(w)
         #expect(big.utf8.count < 200_000)
         #expect(big.contains(">4 GiB, 2 GiB shared<") && big.contains(">(50.0% of its pages)<"))
+    }
+}
+
+/// The qemustream fuzzer's finding (fuzz/corpus/qemustream/regress-layout-140M-groups):
+/// a 226-byte stream whose LAYOUT declares a slot of 2^47 pages made `sevpeb inspect`
+/// try to allocate ~8 GB of chunk state. A stream-declared layout is now capped at
+/// LoadSession.streamLayoutPageLimit pages, with a named error.
+@Suite struct StreamLayoutLimitTests {
+    @Test func hostileLayoutIsRefusedByName() throws {
+        let path = #filePath.replacingOccurrences(of: "Tests/SevPEBTests/CLITests.swift",
+                                                  with: "fuzz/corpus/qemustream/regress-layout-140M-groups")
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        let (_, err) = inspect(bytes)
+        let msg = err.map { "\($0)" } ?? ""
+        #expect(msg.contains("LAYOUT slot 0") && msg.contains("a stream-declared layout may hold"), "\(msg)")
+    }
+
+    /// The limit, exactly: a layout of limit pages decodes; one page more is EMSGSIZE.
+    @Test func limitIsExact() throws {
+        for (pages, ok) in [(LoadSession.streamLayoutPageLimit, true), (LoadSession.streamLayoutPageLimit + 1, false)] {
+            var w = StreamBuilder()
+            w.u8(0x01); w.be32(0x5356_5042); w.be16(2); w.u8(12); w.u8(0)   // HEADER "SVPB" v2
+            w.u8(0x02); w.be32(1); w.be64(0); w.be64(pages)                   // LAYOUT: one slot
+            let l = try LoadSession.create(layoutFromStream: true)
+            l.setup()
+            let live = try Tracker.create()
+            var src = ArraySource(w.b)
+            var code: Int32 = 0
+            do throws(SevError) { _ = try l.load(live, &src, version: Wire.sectionVersion) } catch { code = error.code }
+            // Accepted: the payload then ends without END_OF_PAYLOAD (truncated), not EMSGSIZE.
+            #expect(ok ? code != EMSGSIZE : code == EMSGSIZE, "pages \(pages): errno \(code)")
+        }
     }
 }

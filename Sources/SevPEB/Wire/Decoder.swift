@@ -33,6 +33,11 @@ public final class LoadSession {
     /// of checking it against the live tracker's; the live tracker's layout
     /// is replaced at commit. A VMM never sets this. Fixed at creation.
     public let layoutFromStream: Bool
+    /// With `layoutFromStream`: the most pages a stream-declared layout may
+    /// hold (the staging tracker allocates per-chunk state for all of them;
+    /// a VMM's staging is bounded by its own layout instead). 2^32 pages =
+    /// 16 TiB of guest memory; a hostile stream declaring more is EMSGSIZE.
+    public static let streamLayoutPageLimit: UInt64 = 1 << 32
     public private(set) var payloads = 0
     public private(set) var bytes: UInt64 = 0
 
@@ -157,6 +162,7 @@ public final class LoadSession {
         var declared: [Tracker.Slot] = []
         declared.reserveCapacity(Int(n))
         var prevEnd: UInt64 = 0
+        var total: UInt64 = 0
         for i in 0..<Int(n) {
             let base = try be64(&src), pages = try be64(&src)
             let (end, o) = base.addingReportingOverflow(pages)
@@ -167,6 +173,10 @@ public final class LoadSession {
                 throw SevError(EBADMSG, "LAYOUT slot \(i) at gfn \(hex(base)) overlaps or precedes the previous slot ending at \(hex(prevEnd))")
             }
             prevEnd = end
+            total &+= pages   // no wrap: the slots are disjoint and below gfnLimit (2^52)
+            if layoutFromStream && total > LoadSession.streamLayoutPageLimit {
+                throw SevError(EMSGSIZE, "LAYOUT slot \(i) at gfn \(hex(base)): the layout declares \(total) pages so far, over the \(LoadSession.streamLayoutPageLimit) pages (16 TiB) a stream-declared layout may hold")
+            }
             let s = Tracker.Slot(base: base, pages: pages)
             // Mid-migration the source's layout may be a transient one (a slot
             // not yet grown, a DIMM not yet plugged): each declared slot must
