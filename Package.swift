@@ -28,6 +28,13 @@ let cpuSettings: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mpopcnt"])]
 let cpuSettings: [SwiftSetting] = []
 #endif
 
+// Strict memory safety (SE-0458): every expression that uses an unsafe
+// construct is marked `unsafe` (and the site carries a `// SAFETY:` comment,
+// checked by SafetyCommentTests); a new unmarked one is a compile error.
+// Storage types that hold raw pointers are `@safe`: their users go through
+// the marked expressions inside them.
+let safetySettings: [SwiftSetting] = [.unsafeFlags(["-strict-memory-safety", "-Werror", "StrictMemorySafety"])]
+
 var products: [Product] = [
     .library(name: "SevPEB", type: .static, targets: ["SevPEB"]),
 ]
@@ -37,7 +44,7 @@ var targets: [Target] = [
     // XXH3 from Debian's libxxhash-dev, compiled inline (XXH_INLINE_ALL): optimised even in debug builds.
     .target(name: "CSevPEBHash", cSettings: [.unsafeFlags(["-O2"])]),
     .target(name: "SevPEB", dependencies: ["CSevPEB", "CSevPEBShims", "CSevPEBHash"],
-            swiftSettings: coreSettings + cpuSettings),
+            swiftSettings: coreSettings + cpuSettings + safetySettings),
 ]
 var dependencies: [Package.Dependency] = []
 if !embedded {

@@ -23,29 +23,29 @@ enum Bits {
         var changed: UInt64 = 0
         if fw == lw {
             let m = mask(from & 63, ((to &- 1) & 63) &+ 1)
-            let old = w[fw]
+            let old = unsafe w[fw]
             let new = value ? old | m : old & ~m
             changed = old ^ new
-            w[fw] = new
+            unsafe w[fw] = new
             return changed != 0
         }
         let hm = mask(from & 63, 64)
-        var old = w[fw]
+        var old = unsafe w[fw]
         var new = value ? old | hm : old & ~hm
         changed |= old ^ new
-        w[fw] = new
+        unsafe w[fw] = new
         let full: UInt64 = value ? ~0 : 0
         var i = fw &+ 1
         while i < lw {
-            changed |= w[i] ^ full
-            w[i] = full
+            unsafe changed |= w[i] ^ full
+            unsafe w[i] = full
             i &+= 1
         }
         let tm = mask(0, ((to &- 1) & 63) &+ 1)
-        old = w[lw]
+        old = unsafe w[lw]
         new = value ? old | tm : old & ~tm
         changed |= old ^ new
-        w[lw] = new
+        unsafe w[lw] = new
         return changed != 0
     }
 
@@ -55,18 +55,18 @@ enum Bits {
         if from >= to { return 0 }
         let fw = from &>> 6, lw = (to &- 1) &>> 6
         if fw == lw {
-            return (w[fw] & mask(from & 63, ((to &- 1) & 63) &+ 1)).nonzeroBitCount
+            return unsafe (w[fw] & mask(from & 63, ((to &- 1) & 63) &+ 1)).nonzeroBitCount
         }
-        var n = (w[fw] & mask(from & 63, 64)).nonzeroBitCount
+        var n = unsafe (w[fw] & mask(from & 63, 64)).nonzeroBitCount
         var i = fw &+ 1
-        while i < lw { n &+= w[i].nonzeroBitCount; i &+= 1 }
-        n &+= (w[lw] & mask(0, ((to &- 1) & 63) &+ 1)).nonzeroBitCount
+        while i < lw { unsafe n &+= w[i].nonzeroBitCount; i &+= 1 }
+        unsafe n &+= (w[lw] & mask(0, ((to &- 1) & 63) &+ 1)).nonzeroBitCount
         return n
     }
 
     // SAFETY: i is below the block length the caller got w for; reads word i/64 only.
     @inline(__always) static func test(_ w: UnsafePointer<UInt64>, _ i: Int) -> Bool {
-        (w[i &>> 6] &>> UInt64(i & 63)) & 1 != 0
+        unsafe (w[i &>> 6] &>> UInt64(i & 63)) & 1 != 0
     }
 
     /// First index in [from, to) whose bit equals `value`, or `to`.
@@ -75,7 +75,7 @@ enum Bits {
         if from >= to { return to }
         var wi = from &>> 6
         let lw = (to &- 1) &>> 6
-        var word = (value ? w[wi] : ~w[wi]) & mask(from & 63, 64)
+        var word = unsafe (value ? w[wi] : ~w[wi]) & mask(from & 63, 64)
         while true {
             if word != 0 {
                 let r = (wi &<< 6) &+ word.trailingZeroBitCount
@@ -83,7 +83,7 @@ enum Bits {
             }
             wi &+= 1
             if wi > lw { return to }
-            word = value ? w[wi] : ~w[wi]
+            word = unsafe value ? w[wi] : ~w[wi]
         }
     }
 
@@ -92,9 +92,9 @@ enum Bits {
     // SAFETY: reads words at/64 and at/64+1 only when below `words`, the size of w.
     @inline(__always) static func read64(_ w: UnsafePointer<UInt64>, words: Int, at: Int) -> UInt64 {
         let wi = at &>> 6, sh = UInt64(at & 63)
-        let lo = wi < words ? w[wi] : 0
+        let lo = unsafe wi < words ? w[wi] : 0
         if sh == 0 { return lo }
-        let hi = wi &+ 1 < words ? w[wi &+ 1] : 0
+        let hi = unsafe wi &+ 1 < words ? w[wi &+ 1] : 0
         return (lo &>> sh) | (hi &<< (64 &- sh))
     }
 
@@ -109,7 +109,7 @@ enum Bits {
         var prevTop: UInt64 = 1  // "bit -1" counts as one
         var i = 0
         while i < words {
-            var x = w[i]
+            var x = unsafe w[i]
             if i == words &- 1 && n & 63 != 0 { x |= ~mask(0, n & 63) } // past-end bits as ones
             let zeros = ~x
             let prevOnes = (x &<< 1) | prevTop
@@ -124,7 +124,7 @@ enum Bits {
 
 /// Reads bits at arbitrary offsets from a byte buffer (LSB-first bytes), never
 /// past `bytes`.
-struct ByteBitSource {
+@safe struct ByteBitSource {
     // SAFETY: p is valid for `bytes` bytes (the caller checked its length); read64 never reads past it.
     let p: UnsafePointer<UInt8>
     let bytes: Int
@@ -135,13 +135,13 @@ struct ByteBitSource {
         var lo: UInt64 = 0
         if b &+ 8 <= bytes {
             // SAFETY: bytes b..<b+8 lie inside the buffer (checked on the line above).
-            lo = UInt64(littleEndian: UnsafeRawPointer(p + b).loadUnaligned(as: UInt64.self))
+            lo = unsafe UInt64(littleEndian: UnsafeRawPointer(p + b).loadUnaligned(as: UInt64.self))
         } else {
             var k = 0
-            while b &+ k < bytes && k < 8 { lo |= UInt64(p[b &+ k]) &<< UInt64(k &* 8); k &+= 1 }
+            while b &+ k < bytes && k < 8 { unsafe lo |= UInt64(p[b &+ k]) &<< UInt64(k &* 8); k &+= 1 }
         }
         if sh == 0 { return lo }
-        let extra: UInt64 = b &+ 8 < bytes ? UInt64(p[b &+ 8]) : 0
+        let extra: UInt64 = unsafe b &+ 8 < bytes ? UInt64(p[b &+ 8]) : 0
         return (lo &>> sh) | (extra &<< (64 &- sh))
     }
 }
@@ -149,7 +149,7 @@ struct ByteBitSource {
 /// Appends bits to a byte buffer, LSB first, starting at bit 0. Whole 64-bit
 /// words are stored directly; the final partial byte keeps the buffer's bits
 /// above the end (the seed's GET preserves them).
-struct ByteBitSink {
+@safe struct ByteBitSink {
     // SAFETY: p is valid for ceil(n/8) bytes of the range being written (the caller checked dst_len); unaligned stores go through storeBytes.
     let p: UnsafeMutablePointer<UInt8>
     var acc: UInt64 = 0
@@ -157,11 +157,11 @@ struct ByteBitSink {
     var outByte = 0
 
     // SAFETY: p as for the stored property: valid for the range the caller sized it for.
-    init(_ p: UnsafeMutablePointer<UInt8>) { self.p = p }
+    init(_ p: UnsafeMutablePointer<UInt8>) { unsafe self.p = unsafe p }
 
     // SAFETY: outByte + 8 <= the buffer size: a whole word is emitted only while 64 or more bits of the range remain.
     @inline(__always) mutating func emitWord(_ w: UInt64) {
-        UnsafeMutableRawPointer(p + outByte).storeBytes(of: w.littleEndian, as: UInt64.self)
+        unsafe UnsafeMutableRawPointer(p + outByte).storeBytes(of: w.littleEndian, as: UInt64.self)
         outByte &+= 8
     }
 
@@ -190,7 +190,7 @@ struct ByteBitSink {
         }
         if n >= 64 {  // accBits == 0 here
             let words = n &>> 6
-            (p + outByte).update(repeating: value ? 0xff : 0, count: words &* 8)
+            unsafe (p + outByte).update(repeating: value ? 0xff : 0, count: words &* 8)
             outByte &+= words &* 8
             n &-= words &* 64
         }
@@ -206,17 +206,17 @@ struct ByteBitSink {
         var i = a
         if accBits != 0 && i < b {
             let k = min(64 &- accBits, b &- i)
-            append(Bits.read64(w, words: Geometry.chunkWords, at: i), k)
+            unsafe append(Bits.read64(w, words: Geometry.chunkWords, at: i), k)
             i &+= k
         }
         let words = (b &- i) &>> 6
         if words > 0 {  // accBits == 0 here
-            let out = UnsafeMutableRawPointer(p + outByte)
+            let out = unsafe UnsafeMutableRawPointer(p + outByte)
             let sh = UInt64(i & 63)
-            let src = w + (i &>> 6)
+            let src = unsafe w + (i &>> 6)
             if sh == 0 {
                 #if _endian(little)
-                out.copyMemory(from: src, byteCount: words &* 8)
+                unsafe out.copyMemory(from: src, byteCount: words &* 8)
                 #else
                 for k in 0..<words {
                     out.storeBytes(of: src[k].littleEndian, toByteOffset: k &* 8, as: UInt64.self)
@@ -227,7 +227,7 @@ struct ByteBitSink {
                 // SAFETY: `out` is the caller's buffer (whole words fit: the
                 // caller checked its length), `src` the chunk block; they
                 // never overlap. The C loop is the Swift one below, vectorised.
-                spb_copy_shifted(out, src, words, UInt32(sh))
+                unsafe spb_copy_shifted(out, src, words, UInt32(sh))
                 #else
                 for k in 0..<words {
                     let v = (src[k] &>> sh) | (src[k &+ 1] &<< (64 &- sh))
@@ -238,7 +238,7 @@ struct ByteBitSink {
             outByte &+= words &* 8
             i &+= words &* 64
         }
-        if i < b { append(Bits.read64(w, words: Geometry.chunkWords, at: i), b &- i) }
+        if i < b { unsafe append(Bits.read64(w, words: Geometry.chunkWords, at: i), b &- i) }
     }
 
     /// Write out the remaining bits, preserving bits above them in the last byte.
@@ -246,12 +246,12 @@ struct ByteBitSink {
         var bits = accBits
         var v = acc
         while bits >= 8 {
-            p[outByte] = UInt8(truncatingIfNeeded: v)
+            unsafe p[outByte] = UInt8(truncatingIfNeeded: v)
             v &>>= 8; bits &-= 8; outByte &+= 1
         }
         if bits > 0 {
             let m = UInt8(truncatingIfNeeded: ((1 as UInt64) &<< UInt64(bits)) &- 1)
-            p[outByte] = (p[outByte] & ~m) | (UInt8(truncatingIfNeeded: v) & m)
+            unsafe p[outByte] = unsafe (p[outByte] & ~m) | (UInt8(truncatingIfNeeded: v) & m)
         }
         acc = 0; accBits = 0
     }

@@ -8,12 +8,12 @@ enum Mem {
         if count <= 0 { return nil }
         let (bytes, o) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
         if o || bytes > Int(1) << 40 { return nil }
-        guard let raw = CSevPEBShims.calloc(1, bytes) else { return nil }
-        return raw.bindMemory(to: T.self, capacity: count)
+        guard let raw = unsafe CSevPEBShims.calloc(1, bytes) else { return nil }
+        return unsafe raw.bindMemory(to: T.self, capacity: count)
     }
     // SAFETY: p came from Mem.calloc and is not used after this call (callers drop or replace it).
     static func free<T>(_ p: UnsafeMutablePointer<T>?) {
-        if let p { CSevPEBShims.free(UnsafeMutableRawPointer(p)) }
+        if let p = unsafe p { unsafe CSevPEBShims.free(UnsafeMutableRawPointer(p)) }
     }
     static func bytes<T>(_ count: Int, _ type: T.Type) -> Int { count &* MemoryLayout<T>.stride }
 }
@@ -21,22 +21,22 @@ enum Mem {
 /// A growable list of trivial values in `Mem` memory: `append` reports an
 /// allocation failure (false) instead of trapping as a Swift array would.
 /// Owned by value; freed with its owner.
-struct MemList<T>: ~Copyable {
+@safe struct MemList<T>: ~Copyable {
     // SAFETY: nil or a Mem allocation of `cap` T, the first `count` initialized (T is trivial); freed in deinit only.
     private var base: UnsafeMutablePointer<T>? = nil
     private(set) var count = 0
     private var cap = 0
 
     init() {}
-    deinit { Mem.free(base) }
+    deinit { unsafe Mem.free(base) }
 
     /// Make room for `n` values in all; false when out of memory.
     mutating func reserve(_ n: Int) -> Bool {
         if n <= cap { return true }
-        guard let nb = Mem.calloc(n, T.self) else { return false }
+        guard let nb = unsafe Mem.calloc(n, T.self) else { return false }
         // SAFETY: nb holds n >= count values; the old buffer's first count are initialized and trivial.
-        if let old = base { nb.update(from: old, count: count); Mem.free(old) }
-        base = nb
+        if let old = unsafe base { unsafe nb.update(from: old, count: count); unsafe Mem.free(old) }
+        unsafe base = unsafe nb
         cap = n
         return true
     }
@@ -44,9 +44,9 @@ struct MemList<T>: ~Copyable {
     /// Append `v`; false (and nothing appended) when out of memory.
     mutating func append(_ v: T) -> Bool {
         if count == cap && !reserve(cap < 8 ? 8 : cap &* 2) { return false }
-        guard let b = base else { return false }
+        guard let b = unsafe base else { return false }
         // SAFETY: count < cap after reserve, so the slot lies in the allocation.
-        b[count] = v
+        unsafe b[count] = v
         count &+= 1
         return true
     }
@@ -54,12 +54,12 @@ struct MemList<T>: ~Copyable {
     /// The values as a buffer, for the time of `body`.
     // SAFETY: the first count values of base are initialized; the view is valid for body only.
     func withBuffer<R, E: Error>(_ body: (UnsafeBufferPointer<T>) throws(E) -> R) throws(E) -> R {
-        try body(UnsafeBufferPointer(start: base, count: count))
+        unsafe try body(UnsafeBufferPointer(start: base, count: count))
     }
 
     /// Value `i` (0 ..< count).
     subscript(i: Int) -> T {
         // SAFETY: callers index below count, so base is non-nil and the value initialized.
-        base.unsafelyUnwrapped[i]
+        unsafe base.unsafelyUnwrapped[i]
     }
 }

@@ -8,17 +8,17 @@ import CSevPEBShims
 public func sevpeb_count_differences(_ a: OpaquePointer?, _ b: OpaquePointer?, _ gfn: UInt64, _ npages: UInt64,
                                      _ count: UnsafeMutablePointer<UInt64>!, _ gfns: UnsafeMutablePointer<UInt64>!,
                                      _ maxGfns: Int) -> Int32 {
-    guard let b else {
+    guard let b = unsafe b else {
         setLastError(SevError(EINVAL, "second tracker handle is NULL"))
         return -EINVAL
     }
-    return withHandle(a, Int32(-EINVAL)) { (ha: Handle) -> Int32 in
-        withHandle(b, Int32(-EINVAL)) { (hb: Handle) -> Int32 in
+    return unsafe withHandle(a, Int32(-EINVAL)) { (ha: Handle) -> Int32 in
+        unsafe withHandle(b, Int32(-EINVAL)) { (hb: Handle) -> Int32 in
             cCall { () throws(SevError) -> Int32 in
-                guard let count else { throw SevError(EINVAL, "count pointer is NULL") }
+                guard let count = unsafe count else { throw SevError(EINVAL, "count pointer is NULL") }
                 if maxGfns < 0 { throw SevError(EINVAL, "max_gfns \(maxGfns) too large") }
-                let r = try ha.tracker.countDifferences(hb.tracker, gfn, npages, gfns, maxGfns)
-                count.pointee = r.count
+                let r = unsafe try ha.tracker.countDifferences(hb.tracker, gfn, npages, gfns, maxGfns)
+                unsafe count.pointee = r.count
                 return Int32(truncatingIfNeeded: r.stored)
             }
         }

@@ -5,13 +5,13 @@ import CSevPEBShims
 @c @implementation
 public func sevpeb_shared_runs(_ t: OpaquePointer?, _ from: UInt64, _ runs: UnsafeMutablePointer<sevpeb_run>!,
                                _ max: Int) -> Int64 {
-    withHandle(t, Int64(-EINVAL)) { h in
+    unsafe withHandle(t, Int64(-EINVAL)) { h in
         // size_t arrives as Int: a value above INT64_MAX is negative here.
         if max < 0 { setLastError(SevError(EINVAL, "max \(UInt(bitPattern: max)): above INT64_MAX")); return Int64(-EINVAL) }
         if max == 0 { return 0 }
-        guard let runs else { setLastError(SevError(EINVAL, "runs is NULL with max \(max)")); return Int64(-EINVAL) }
+        guard let runs = unsafe runs else { setLastError(SevError(EINVAL, "runs is NULL with max \(max)")); return Int64(-EINVAL) }
         return Int64(h.tracker.sharedRuns(from: from, max: max) { i, g, n in
-            runs[i] = sevpeb_run(gfn: g, npages: n)
+            unsafe runs[i] = sevpeb_run(gfn: g, npages: n)
         })
     }
 }

@@ -80,18 +80,18 @@ public enum KVMIoctl {
 enum SeedIoctl {
     /* seed v6 dialect (March 2020), out-of-tree: opt-in only */
     /// v6 KVM_GET_PAGE_ENC_BITMAP, `_IOW(KVMIO, 0xc5, struct kvm_page_enc_bitmap)` = 0x4018AEC5.
-    static let v6Get = IoctlRequest.iow(KVMIoctl.kvmio, 0xc5, sevpeb_kvm_page_enc_bitmap.self)
+    static let v6Get = unsafe IoctlRequest.iow(KVMIoctl.kvmio, 0xc5, sevpeb_kvm_page_enc_bitmap.self)
     /// v6 KVM_SET_PAGE_ENC_BITMAP, `_IOW(KVMIO, 0xc6, struct kvm_page_enc_bitmap)` = 0x4018AEC6.
-    static let v6Set = IoctlRequest.iow(KVMIoctl.kvmio, 0xc6, sevpeb_kvm_page_enc_bitmap.self)
+    static let v6Set = unsafe IoctlRequest.iow(KVMIoctl.kvmio, 0xc6, sevpeb_kvm_page_enc_bitmap.self)
     /// v6 KVM_PAGE_ENC_BITMAP_RESET, `_IO(KVMIO, 0xc7)` = 0x0000AEC7 — bit-identical
     /// to upstream KVM_RESET_DIRTY_RINGS.
     static let v6Reset = IoctlRequest.io(KVMIoctl.kvmio, 0xc7)
 
     /* seed v7-v9 dialect (April-December 2020), out-of-tree: opt-in only */
     /// v7-v9 KVM_GET_PAGE_ENC_BITMAP, `_IOW(KVMIO, 0xc6, struct kvm_page_enc_bitmap)` = 0x4018AEC6.
-    static let v7Get = IoctlRequest.iow(KVMIoctl.kvmio, 0xc6, sevpeb_kvm_page_enc_bitmap.self)
+    static let v7Get = unsafe IoctlRequest.iow(KVMIoctl.kvmio, 0xc6, sevpeb_kvm_page_enc_bitmap.self)
     /// v7-v9 KVM_SET_PAGE_ENC_BITMAP, `_IOW(KVMIO, 0xc7, struct kvm_page_enc_bitmap)` = 0x4018AEC7.
-    static let v7Set = IoctlRequest.iow(KVMIoctl.kvmio, 0xc7, sevpeb_kvm_page_enc_bitmap.self)
+    static let v7Set = unsafe IoctlRequest.iow(KVMIoctl.kvmio, 0xc7, sevpeb_kvm_page_enc_bitmap.self)
 }
 
 /// Capabilities sevpeb checks or enables: the argument of KVM_CHECK_EXTENSION

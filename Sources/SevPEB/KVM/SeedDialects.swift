@@ -43,16 +43,16 @@ extension KVMBinding {
     /// The corresponding C ioctl is `KVM_GET_PAGE_ENC_BITMAP` (v6 0x4018AEC5, v7-v9 0x4018AEC6).
     // SAFETY: dst is valid for ceil(n/8) bytes (callers size it); the kernel writes within the range the ioctl names.
     func seedRawGet(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutableRawPointer) throws(SevError) {
-        var arg = sevpeb_kvm_page_enc_bitmap()
-        arg.start_gfn = gfn
-        arg.num_pages = n
-        arg.enc_bitmap = dst
+        var arg = unsafe sevpeb_kvm_page_enc_bitmap()
+        unsafe arg.start_gfn = gfn
+        unsafe arg.num_pages = n
+        unsafe arg.enc_bitmap = unsafe dst
         let req: IoctlRequest
         switch d {
         case .v6: req = SeedIoctl.v6Get
         case .v7to9: req = SeedIoctl.v7Get
         }
-        do throws(Errno) { _ = try fd.ioctl(req, writing: &arg) } catch {
+        do throws(Errno) { _ = unsafe try fd.ioctl(req, writing: &arg) } catch {
             throw kvmError(error, "KVM_GET_PAGE_ENC_BITMAP(\(d.dialect.name), gfn \(hex(gfn)), \(n) pages)")
         }
     }
@@ -71,17 +71,17 @@ extension KVMBinding {
     /// The corresponding C ioctl is `KVM_SET_PAGE_ENC_BITMAP` (v6 0x4018AEC6, v7-v9 0x4018AEC7).
     // SAFETY: src (if not NULL) is valid for ceil(n/8) bytes (callers size it); the kernel only reads it.
     func seedRawSet(_ fd: VMFD, _ d: SeedDialect, _ gfn: UInt64, _ n: UInt64, _ src: UnsafeMutableRawPointer?) throws(SevError) {
-        var arg = sevpeb_kvm_page_enc_bitmap()
-        arg.start_gfn = gfn
-        arg.num_pages = n
-        arg.enc_bitmap = src
+        var arg = unsafe sevpeb_kvm_page_enc_bitmap()
+        unsafe arg.start_gfn = gfn
+        unsafe arg.num_pages = n
+        unsafe arg.enc_bitmap = unsafe src
         let req: IoctlRequest
         switch d {
         case .v6: req = SeedIoctl.v6Set
         case .v7to9: req = SeedIoctl.v7Set
         }
-        do throws(Errno) { _ = try fd.ioctl(req, writing: &arg) } catch {
-            throw kvmError(error, "KVM_SET_PAGE_ENC_BITMAP(\(d.dialect.name), gfn \(hex(gfn)), \(n) pages\(src == nil ? ", NULL" : ""))")
+        do throws(Errno) { _ = unsafe try fd.ioctl(req, writing: &arg) } catch {
+            throw kvmError(error, unsafe "KVM_SET_PAGE_ENC_BITMAP(\(d.dialect.name), gfn \(hex(gfn)), \(n) pages\(src == nil ? ", NULL" : ""))")
         }
     }
 
@@ -113,7 +113,7 @@ extension KVMBinding {
                 throw kvmError(error, "KVM_PAGE_ENC_BITMAP_RESET(seed v6)")
             }
         case .v7to9:
-            try seedRawSet(fd, d, 0, 0, nil)
+            unsafe try seedRawSet(fd, d, 0, 0, nil)
         }
     }
 
@@ -139,7 +139,7 @@ extension KVMBinding {
             try checkSeedRange(gfn, n)
             let need = (n &+ 7) >> 3
             if UInt64(dstLen) < need { throw SevError(ENOSPC, "buffer of \(dstLen) bytes too small for \(n) pages (need \(need))") }
-            try getChunked(b.fd, b.seed, gfn, n, dst)
+            unsafe try getChunked(b.fd, b.seed, gfn, n, dst)
         }
     }
 
@@ -153,12 +153,12 @@ extension KVMBinding {
             let b = try requireSeed("kernel SET_PAGE_ENC_BITMAP")
             try checkSeedRange(gfn, n)
             let need = (n &+ 7) >> 3
-            if src != nil, UInt64(srcLen) < need {
+            if unsafe src != nil, UInt64(srcLen) < need {
                 throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))")
             }
             try writeExact(b.fd, b.seed, tracker, [(gfn, n)]) { (scratch, _, _) throws(SevError) in
-                if let src {
-                    _ = try scratch.setBitmap(gfn, n, src, Int(need))
+                if let src = unsafe src {
+                    _ = unsafe try scratch.setBitmap(gfn, n, src, Int(need))
                 } else {
                     _ = try scratch.setRange(gfn, n, private: true)
                 }
@@ -200,15 +200,15 @@ extension KVMBinding {
         try locked { () throws(SevError) -> Bool in
             let b = try require("sync from the kernel")
             guard let seed = b.dialect.seed else { return false }
-            guard let buf = Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("sync buffer") }
-            defer { Mem.free(buf) }
+            guard let buf = unsafe Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("sync buffer") }
+            defer { unsafe Mem.free(buf) }
             var changed = false
             for (start, end) in stretches(tracker.slotList) {
                 var cs = start
                 while cs < end {
                     let len = min(seedChunkPages, end &- cs)
-                    try seedRawGet(b.fd, seed, cs, len, buf)
-                    if try tracker.setBitmap(cs, len, buf, Int((len &+ 7) >> 3)) { changed = true }
+                    unsafe try seedRawGet(b.fd, seed, cs, len, buf)
+                    if unsafe try tracker.setBitmap(cs, len, buf, Int((len &+ 7) >> 3)) { changed = true }
                     cs &+= len
                 }
             }
@@ -225,15 +225,15 @@ extension KVMBinding {
             guard let seed = b.dialect.seed else { return }
             let ranges = stretches(tracker.slotList).map { ($0.0, $0.1 &- $0.0) }
             if ranges.isEmpty { return }
-            guard let tmp = Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("push buffer") }
-            defer { Mem.free(tmp) }
+            guard let tmp = unsafe Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("push buffer") }
+            defer { unsafe Mem.free(tmp) }
             try writeExact(b.fd, seed, tracker, ranges) { (scratch, gfn, n) throws(SevError) in
                 // The tracker's bits into the scratch bitmap, a piece at a time
                 var off: UInt64 = 0
                 while off < n {
                     let len = min(seedChunkPages, n &- off)
-                    try tracker.getBitmap(gfn &+ off, len, tmp, Int(seedChunkPages >> 3))
-                    _ = try scratch.setBitmap(gfn &+ off, len, tmp, Int(seedChunkPages >> 3))
+                    unsafe try tracker.getBitmap(gfn &+ off, len, tmp, Int(seedChunkPages >> 3))
+                    _ = unsafe try scratch.setBitmap(gfn &+ off, len, tmp, Int(seedChunkPages >> 3))
                     off &+= len
                 }
             }
@@ -255,7 +255,7 @@ extension KVMBinding {
         var off: UInt64 = 0
         while off < n {
             let len = min(seedChunkPages, n &- off)
-            try seedRawGet(fd, d, gfn &+ off, len, dst + Int(off >> 3))
+            unsafe try seedRawGet(fd, d, gfn &+ off, len, dst + Int(off >> 3))
             off &+= len
         }
     }
@@ -290,15 +290,15 @@ extension KVMBinding {
         let a = gfn & ~63
         let z = (end &+ 63) & ~63
         let bufBytes = Int(seedChunkPages >> 3)
-        guard let buf = Mem.calloc(bufBytes, UInt8.self) else { throw .noMemory("SET buffer") }
-        defer { Mem.free(buf) }
+        guard let buf = unsafe Mem.calloc(bufBytes, UInt8.self) else { throw .noMemory("SET buffer") }
+        defer { unsafe Mem.free(buf) }
         let scratch = try scratchBitmap(a, z &- a)
         var cs = a
         while cs < z {
             let ce = min(cs &+ seedChunkPages, z)
             if cs < gfn || ce > end {
-                try seedRawGet(fd, .v7to9, cs, ce &- cs, buf)
-                _ = try scratch.setBitmap(cs, ce &- cs, buf, bufBytes)
+                unsafe try seedRawGet(fd, .v7to9, cs, ce &- cs, buf)
+                _ = unsafe try scratch.setBitmap(cs, ce &- cs, buf, bufBytes)
             }
             cs = ce
         }
@@ -306,8 +306,8 @@ extension KVMBinding {
         cs = a
         while cs < z {
             let ce = min(cs &+ seedChunkPages, z)
-            try scratch.getBitmap(cs, ce &- cs, buf, bufBytes)
-            try seedRawSet(fd, .v7to9, cs, ce &- cs, buf)
+            unsafe try scratch.getBitmap(cs, ce &- cs, buf, bufBytes)
+            unsafe try seedRawSet(fd, .v7to9, cs, ce &- cs, buf)
             cs = ce
         }
     }
@@ -319,26 +319,26 @@ extension KVMBinding {
         for (g, n) in ranges { total = max(total, g &+ n) }
         // The kernel copies ALIGN(total, 64) / 8 bytes: whole words
         let bytes = Int((total &+ 63) >> 6) &* 8
-        guard let old = Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
-        defer { Mem.free(old) }
-        guard let new = Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
-        defer { Mem.free(new) }
-        old.update(repeating: 0xff, count: bytes)
-        try getChunked(fd, .v6, 0, total, old)
-        new.update(from: old, count: bytes)
+        guard let old = unsafe Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
+        defer { unsafe Mem.free(old) }
+        guard let new = unsafe Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
+        defer { unsafe Mem.free(new) }
+        unsafe old.update(repeating: 0xff, count: bytes)
+        unsafe try getChunked(fd, .v6, 0, total, old)
+        unsafe new.update(from: old, count: bytes)
         let scratch = try scratchBitmap(0, total)
-        _ = try scratch.setBitmap(0, total, old, bytes)
+        _ = unsafe try scratch.setBitmap(0, total, old, bytes)
         for (g, n) in ranges { try fill(scratch, g, n) }
-        try scratch.getBitmap(0, total, new, bytes)
+        unsafe try scratch.getBitmap(0, total, new, bytes)
         var needReset = false, differs = false
         for i in 0..<bytes {
-            if new[i] & ~old[i] != 0 { needReset = true }
-            if new[i] != old[i] { differs = true }
+            if unsafe new[i] & ~old[i] != 0 { needReset = true }
+            if unsafe new[i] != old[i] { differs = true }
         }
         if !differs { return }
         if needReset { try seedRawReset(fd, .v6) }
         // SAFETY: new is the Mem buffer of `bytes` = ceil(total/8) bytes that the SET of total pages reads.
-        try seedRawSet(fd, .v6, 0, total, UnsafeMutableRawPointer(new))
+        unsafe try seedRawSet(fd, .v6, 0, total, UnsafeMutableRawPointer(new))
         v6Covered = max(v6Covered, total)
     }
 }

@@ -100,8 +100,8 @@ extension KVMBinding {
             filter.flags = UpstreamKVM.msrFilterDefaultAllow
             do throws(Errno) {
                 // SAFETY: p points at `deny` only for the closure, which issues the ioctl that reads it.
-                try withUnsafeMutablePointer(to: &deny) { (p) throws(Errno) in
-                    filter.ranges.0 = kvm_msr_filter_range(flags: UpstreamKVM.msrFilterReadWrite, nmsrs: 1,
+                unsafe try withUnsafeMutablePointer(to: &deny) { (p) throws(Errno) in
+                    unsafe filter.ranges.0 = unsafe kvm_msr_filter_range(flags: UpstreamKVM.msrFilterReadWrite, nmsrs: 1,
                                                            base: MigrationControl.msr, bitmap: p)
                     // SAFETY: the one range's bitmap points at `deny`, one byte,
                     // alive for the whole call; the other ranges are zero.
@@ -180,11 +180,11 @@ public enum KVMExits {
     /// - Safety: `run` points at a whole struct kvm_run (the vCPU's mmap).
     // SAFETY: run is the vCPU's kvm_run (checked non-NULL by the C entry point); only the hypercall union member is read, after exit_reason says it is one.
     public static func handleHypercall(_ run: UnsafeMutablePointer<kvm_run>, _ tracker: Tracker) -> (handled: Bool, error: SevError?) {
-        guard sevpeb_shim_run_exit_reason(run).pointee == UpstreamKVM.exitHypercall,
-              sevpeb_shim_run_hypercall_nr(run).pointee == MapGPARange.nr else { return (false, nil) }
-        let a = sevpeb_shim_run_hypercall_args(run)!
-        let (ret, err) = tracker.mapGPARangeRet(gpa: a[0], npages: a[1], attrs: a[2])
-        sevpeb_shim_run_hypercall_ret(run).pointee = UInt64(bitPattern: ret)
+        guard unsafe sevpeb_shim_run_exit_reason(run).pointee == UpstreamKVM.exitHypercall,
+              unsafe sevpeb_shim_run_hypercall_nr(run).pointee == MapGPARange.nr else { return (false, nil) }
+        let a = unsafe sevpeb_shim_run_hypercall_args(run)!
+        let (ret, err) = unsafe tracker.mapGPARangeRet(gpa: a[0], npages: a[1], attrs: a[2])
+        unsafe sevpeb_shim_run_hypercall_ret(run).pointee = UInt64(bitPattern: ret)
         return (true, err)
     }
 
@@ -202,20 +202,20 @@ public enum KVMExits {
     /// - Safety: `run` points at a whole struct kvm_run.
     // SAFETY: run is the vCPU's kvm_run (checked non-NULL by the C entry point); only the msr union member is used, after exit_reason says it is one.
     public static func handleMSRExit(_ run: UnsafeMutablePointer<kvm_run>, _ tracker: Tracker) -> (handled: Bool, error: SevError?) {
-        let reason = sevpeb_shim_run_exit_reason(run).pointee
+        let reason = unsafe sevpeb_shim_run_exit_reason(run).pointee
         guard reason == UpstreamKVM.exitRDMSR || reason == UpstreamKVM.exitWRMSR,
-              sevpeb_shim_run_msr_index(run).pointee == MigrationControl.msr else { return (false, nil) }
+              unsafe sevpeb_shim_run_msr_index(run).pointee == MigrationControl.msr else { return (false, nil) }
         if reason == UpstreamKVM.exitRDMSR {
-            sevpeb_shim_run_msr_data(run).pointee = tracker.migrationControl
-            sevpeb_shim_run_msr_error(run).pointee = 0
+            unsafe sevpeb_shim_run_msr_data(run).pointee = tracker.migrationControl
+            unsafe sevpeb_shim_run_msr_error(run).pointee = 0
             return (true, nil)
         }
         do throws(SevError) {
-            try tracker.setMigrationControl(sevpeb_shim_run_msr_data(run).pointee)
-            sevpeb_shim_run_msr_error(run).pointee = 0
+            unsafe try tracker.setMigrationControl(sevpeb_shim_run_msr_data(run).pointee)
+            unsafe sevpeb_shim_run_msr_error(run).pointee = 0
             return (true, nil)
         } catch {
-            sevpeb_shim_run_msr_error(run).pointee = 1
+            unsafe sevpeb_shim_run_msr_error(run).pointee = 1
             return (true, error)
         }
     }
@@ -226,8 +226,8 @@ public enum KVMExits {
     /// byte and must outlive the VMM's KVM_X86_SET_MSR_FILTER call.
     // SAFETY: range and bitmap are the caller's (checked non-NULL); bitmap is one byte, range one struct.
     public static func msrFilterRange(_ range: UnsafeMutablePointer<kvm_msr_filter_range>, _ bitmap: UnsafeMutablePointer<UInt8>) {
-        bitmap.pointee = 0
-        range.pointee = kvm_msr_filter_range(flags: UpstreamKVM.msrFilterReadWrite, nmsrs: 1,
+        unsafe bitmap.pointee = 0
+        unsafe range.pointee = unsafe kvm_msr_filter_range(flags: UpstreamKVM.msrFilterReadWrite, nmsrs: 1,
                                              base: MigrationControl.msr, bitmap: bitmap)
     }
 }

@@ -59,7 +59,7 @@ public struct VMFD: RawRepresentable, Hashable {
         // SAFETY: `arg` is a live, correctly sized T (the request's size field
         // is MemoryLayout<T>.size, see IoctlNumbers.swift); the kernel reads
         // at most that many bytes from it.
-        return try valueOrErrno { withUnsafeMutablePointer(to: &arg) { sevpeb_shim_ioctl_ptr(fd, req.rawValue, $0) } }
+        return try valueOrErrno { unsafe withUnsafeMutablePointer(to: &arg) { unsafe sevpeb_shim_ioctl_ptr(fd, req.rawValue, $0) } }
     }
 
     @inline(__always)

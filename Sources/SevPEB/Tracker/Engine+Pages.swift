@@ -15,31 +15,31 @@ extension Engine {
     @inline(__always)
     func setRange(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
         if let s = slotIndex(containing: gfn) {
-            let sl = slots[s]
+            let sl = unsafe slots[s]
             let rel = gfn &- sl.base
             let a = Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1))
             // In one chunk of this slot (n > 0, no page past the chunk or the slot).
             if n != 0 && n <= UInt64(Geometry.chunkPages &- a) && n <= sl.pages &- rel {
                 let c = rel &>> UInt64(Geometry.chunkShift)
-                let g = sl.groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
+                let g = unsafe sl.groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
                 let bit = c & 63
                 let m: UInt64 = 1 &<< bit
-                let mixed = g.pointee.mixed
+                let mixed = unsafe g.pointee.mixed
                 if mixed & m == 0 {
                     // Uniform: already `value` on every page means no change.
-                    if (g.pointee.shared & m == 0) == value { return false }
+                    if unsafe (g.pointee.shared & m == 0) == value { return false }
                 } else {
                     let b = a &+ Int(truncatingIfNeeded: n)
                     // One word, and not the whole chunk (that one turns uniform).
                     if (a &>> 6) == ((b &- 1) &>> 6) && (a != 0 || b != Geometry.chunkLen(c, sl.pages)) {
                         // SAFETY: the chunk is mixed, so its rank indexes a live block of blockWords words; a >> 6 < chunkWords.
-                        let w = g.pointee.blocks![rank(mixed, bit)]! + (a &>> 6)
+                        let w = unsafe g.pointee.blocks![rank(mixed, bit)]! + (a &>> 6)
                         let bm = Bits.mask(a & 63, ((b &- 1) & 63) &+ 1)
-                        let old = w.pointee
+                        let old = unsafe w.pointee
                         let new = value ? old | bm : old & ~bm
                         if old == new { return false }
-                        w.pointee = new
-                        markChanged(g, bit)
+                        unsafe w.pointee = new
+                        unsafe markChanged(g, bit)
                         return true
                     }
                 }
@@ -55,10 +55,10 @@ extension Engine {
         // A range inside one slot needs only the slot lookup; checkRange
         // (holes, overflow, messages) handles the rest.
         let s0: Int
-        if n != 0, let s = slotIndex(containing: gfn), n <= slots[s].end &- gfn { s0 = s }
+        if n != 0, let s = slotIndex(containing: gfn), unsafe n <= slots[s].end &- gfn { s0 = s }
         else { s0 = try checkRange(gfn, n) }
         var any = false
-        let sl = slots[s0]
+        let sl = unsafe slots[s0]
         let rel = gfn &- sl.base
         let c = rel &>> UInt64(Geometry.chunkShift)
         if n <= UInt64(Geometry.chunkPages) && (rel &+ n &- 1) &>> UInt64(Geometry.chunkShift) == c
@@ -89,11 +89,11 @@ extension Engine {
         guard let s = slotIndex(containing: gfn) else {
             throw .outOfRange("gfn \(hex(gfn)) outside the memory layout")
         }
-        let rel = gfn &- slots[s].base
+        let rel = unsafe gfn &- slots[s].base
         let c = rel &>> UInt64(Geometry.chunkShift)
-        let g = group(s, c)
-        if let u = uniformValue(g, c & 63) { return u }
-        return Bits.test(block(g, c & 63), Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1)))
+        let g = unsafe group(s, c)
+        if let u = unsafe uniformValue(g, c & 63) { return u }
+        return unsafe Bits.test(block(g, c & 63), Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1)))
     }
 
     /// Shared pages in [gfn, gfn+n).
@@ -101,11 +101,11 @@ extension Engine {
         let s0 = try checkRange(gfn, n)
         var total: UInt64 = 0
         forEachSegment(gfn, n, s0) { s, c, a, b, _ in
-            let g = group(s, c)
-            if let u = uniformValue(g, c & 63) {
+            let g = unsafe group(s, c)
+            if let u = unsafe uniformValue(g, c & 63) {
                 if !u { total &+= UInt64(b &- a) }
             } else {
-                total &+= UInt64(b &- a &- Bits.countOnes(block(g, c & 63), from: a, to: b))
+                unsafe total &+= UInt64(b &- a &- Bits.countOnes(block(g, c & 63), from: a, to: b))
             }
         }
         return total
@@ -116,13 +116,13 @@ extension Engine {
     // SAFETY: dst holds ceil(n/8) bytes (Tracker.getBitmap checked dstLen); blocks are read under the lock.
     func getBitmap(_ gfn: UInt64, _ n: UInt64, _ dst: UnsafeMutablePointer<UInt8>) throws(SevError) {
         let s0 = try checkRange(gfn, n)
-        var sink = ByteBitSink(dst)
+        var sink = unsafe ByteBitSink(dst)
         forEachSegment(gfn, n, s0) { s, c, a, b, _ in
-            let g = group(s, c)
-            if let u = uniformValue(g, c & 63) {
+            let g = unsafe group(s, c)
+            if let u = unsafe uniformValue(g, c & 63) {
                 sink.appendRepeated(u, b &- a)
             } else {
-                sink.appendBits(UnsafePointer(block(g, c & 63)), from: a, to: b)
+                unsafe sink.appendBits(UnsafePointer(block(g, c & 63)), from: a, to: b)
             }
         }
         sink.finish()
@@ -138,9 +138,9 @@ extension Engine {
         var oom = false
         forEachSegment(gfn, n, s0) { s, c, a, b, off in
             if oom { return }
-            let g = group(s, c)
-            guard let u = uniformValue(g, c & 63) else { return }
-            let len = Geometry.chunkLen(c, slots[s].pages)
+            let g = unsafe group(s, c)
+            guard let u = unsafe uniformValue(g, c & 63) else { return }
+            let len = unsafe Geometry.chunkLen(c, slots[s].pages)
             let whole = a == 0 && b == len
             let uniformNew = sourceUniform(source, Int(off), b &- a)
             if let v = uniformNew, whole || v == u { return }
@@ -149,21 +149,21 @@ extension Engine {
         if oom { throw .noMemory("chunk blocks for gfn \(hex(gfn)) + \(n) pages") }
         var any = false
         forEachSegment(gfn, n, s0) { s, c, a, b, off in
-            let g = group(s, c)
+            let g = unsafe group(s, c)
             let bit = c & 63
-            let len = Geometry.chunkLen(c, slots[s].pages)
-            if let u = uniformValue(g, bit) {
+            let len = unsafe Geometry.chunkLen(c, slots[s].pages)
+            if let u = unsafe uniformValue(g, bit) {
                 // Uniform now: the new content is uniform too (pass 1).
                 let newV = sourceUniform(source, Int(off), b &- a) != false
                 if newV != u {
-                    if a == 0 && b == len { setUniform(g, bit, newV) }
-                    else { Bits.fill(block(g, bit), from: a, to: b, value: newV) }
-                    markChanged(g, bit)
+                    if a == 0 && b == len { unsafe setUniform(g, bit, newV) }
+                    else { unsafe Bits.fill(block(g, bit), from: a, to: b, value: newV) }
+                    unsafe markChanged(g, bit)
                     any = true
                 }
                 return
             }
-            let w = block(g, bit)
+            let w = unsafe block(g, bit)
             var diff: UInt64 = 0
             var i = a
             var o = Int(off)
@@ -171,10 +171,10 @@ extension Engine {
                 // Word-aligned on both sides (every chunk of a BITS record
                 // and of a slot-aligned SET): whole words straight from the bytes.
                 while b &- i >= 64 {
-                    let v = UInt64(littleEndian: UnsafeRawPointer(source.p + (o &>> 3)).loadUnaligned(as: UInt64.self))
+                    let v = unsafe UInt64(littleEndian: UnsafeRawPointer(source.p + (o &>> 3)).loadUnaligned(as: UInt64.self))
                     let wi = i &>> 6
-                    diff |= w[wi] ^ v
-                    w[wi] = v
+                    unsafe diff |= w[wi] ^ v
+                    unsafe w[wi] = v
                     i &+= 64; o &+= 64
                 }
             }
@@ -184,13 +184,13 @@ extension Engine {
                 let m = Bits.mask(lo, lo &+ k)
                 let bitsIn = (source.read64(at: o) &<< UInt64(lo)) & m
                 let wi = i &>> 6
-                let old = w[wi]
+                let old = unsafe w[wi]
                 let new = (old & ~m) | bitsIn
                 diff |= old ^ new
-                w[wi] = new
+                unsafe w[wi] = new
                 i &+= k; o &+= k
             }
-            if diff != 0 { markChanged(g, bit); any = true }
+            if diff != 0 { unsafe markChanged(g, bit); any = true }
         }
         return any
     }
@@ -215,11 +215,11 @@ extension Engine {
     /// that had shared pages to `changedSlots`.
     func reset(_ changedSlots: inout [(UInt64, UInt64)]) {
         for s in 0..<slotCount {
-            let sl = slots[s]
+            let sl = unsafe slots[s]
             var any = false
             for gi in 0..<sl.groupCount {
-                let g = sl.groups + gi
-                var touched = g.pointee.shared | g.pointee.mixed
+                let g = unsafe sl.groups + gi
+                var touched = unsafe g.pointee.shared | g.pointee.mixed
                 while touched != 0 {
                     let bit = UInt64(touched.trailingZeroBitCount)
                     touched &= touched &- 1
@@ -227,10 +227,10 @@ extension Engine {
                     // shrink or partial updates): no page changes then.
                     let c = UInt64(gi) &<< 6 | bit
                     let len = Geometry.chunkLen(c, sl.pages)
-                    let wasPrivate = g.pointee.mixed & (1 &<< bit) != 0
+                    let wasPrivate = unsafe g.pointee.mixed & (1 &<< bit) != 0
                         && Bits.countOnes(block(g, bit), from: 0, to: len) == len
-                    setUniform(g, bit, true)
-                    if !wasPrivate { markChanged(g, bit); any = true }
+                    unsafe setUniform(g, bit, true)
+                    if !wasPrivate { unsafe markChanged(g, bit); any = true }
                 }
             }
             if any { changedSlots.append((sl.base, sl.pages)) }

@@ -3,7 +3,7 @@ import CSevPEBShims
 /// A tracker's mutable state: the slot table and everything the lock guards.
 /// Lives in `Mem`-allocated memory owned by its `Tracker`; reached only
 /// through an `Engine`, which only `Tracker.locked` makes.
-struct EngineState {
+@safe struct EngineState {
     /// The slot table, ascending by base: `slotCap` entries, the first
     /// `slotCount` used. Never nil (allocated with the tracker).
     // SAFETY: a Mem table of slotCap entries, slotCount of them initialized; freed with the tracker.
@@ -39,62 +39,62 @@ struct EngineState {
 /// method here. An `Engine` is made only by `Tracker.locked` (its
 /// initializer is private to Tracker.swift) and lent to the body for the
 /// time the lock is held; it is `~Copyable`, so it cannot be kept.
-struct Engine: ~Copyable {
+@safe struct Engine: ~Copyable {
     // SAFETY: points at the tracker's EngineState, alive while the tracker is; lent only under its lock.
     let p: UnsafeMutablePointer<EngineState>
 
     // SAFETY: p is the tracker's EngineState; the LockKey proves the caller holds its lock.
-    init(lockedState p: UnsafeMutablePointer<EngineState>, _ key: consuming Tracker.LockKey) { self.p = p }
+    init(lockedState p: UnsafeMutablePointer<EngineState>, _ key: consuming Tracker.LockKey) { unsafe self.p = unsafe p }
 
     // SAFETY: the table as stored in EngineState (see there).
     var slots: UnsafeMutablePointer<SlotRec> {
-        get { p.pointee.slots } nonmutating set { p.pointee.slots = newValue }
+        get { unsafe p.pointee.slots } nonmutating set { unsafe p.pointee.slots = unsafe newValue }
     }
-    var slotCount: Int { get { p.pointee.slotCount } nonmutating set { p.pointee.slotCount = newValue } }
-    var slotCap: Int { get { p.pointee.slotCap } nonmutating set { p.pointee.slotCap = newValue } }
-    var memBytes: Int { get { p.pointee.memBytes } nonmutating set { p.pointee.memBytes = newValue } }
-    var dirtyCount: Int { get { p.pointee.dirtyCount } nonmutating set { p.pointee.dirtyCount = newValue } }
+    var slotCount: Int { get { unsafe p.pointee.slotCount } nonmutating set { unsafe p.pointee.slotCount = newValue } }
+    var slotCap: Int { get { unsafe p.pointee.slotCap } nonmutating set { unsafe p.pointee.slotCap = newValue } }
+    var memBytes: Int { get { unsafe p.pointee.memBytes } nonmutating set { unsafe p.pointee.memBytes = newValue } }
+    var dirtyCount: Int { get { unsafe p.pointee.dirtyCount } nonmutating set { unsafe p.pointee.dirtyCount = newValue } }
     var layoutGeneration: UInt64 {
-        get { p.pointee.layoutGeneration }
-        nonmutating set { p.pointee.layoutGeneration = newValue; p.pointee.stateGeneration &+= 1 }
+        get { unsafe p.pointee.layoutGeneration }
+        nonmutating set { unsafe p.pointee.layoutGeneration = newValue; unsafe p.pointee.stateGeneration &+= 1 }
     }
     var stateGeneration: UInt64 {
-        get { p.pointee.stateGeneration } nonmutating set { p.pointee.stateGeneration = newValue }
+        get { unsafe p.pointee.stateGeneration } nonmutating set { unsafe p.pointee.stateGeneration = newValue }
     }
     var summaryCache: (gen: UInt64, digest: UInt64, pages: UInt64, shared: UInt64) {
-        get { p.pointee.summaryCache } nonmutating set { p.pointee.summaryCache = newValue }
+        get { unsafe p.pointee.summaryCache } nonmutating set { unsafe p.pointee.summaryCache = newValue }
     }
-    var callback: ChangeCallback? { get { p.pointee.callback } nonmutating set { p.pointee.callback = newValue } }
+    var callback: ChangeCallback? { get { unsafe p.pointee.callback } nonmutating set { unsafe p.pointee.callback = unsafe newValue } }
     // SAFETY: the C caller's value, never dereferenced.
     var callbackOpaque: UnsafeMutableRawPointer? {
-        get { p.pointee.callbackOpaque } nonmutating set { p.pointee.callbackOpaque = newValue }
+        get { unsafe p.pointee.callbackOpaque } nonmutating set { unsafe p.pointee.callbackOpaque = unsafe newValue }
     }
     /// The callback as read inside an operation's critical section.
-    var pendingCallback: Tracker.PendingCallback { (callback, callbackOpaque) }
+    var pendingCallback: Tracker.PendingCallback { unsafe (callback, callbackOpaque) }
 
     // MARK: slot lookup
 
     /// Index of the first slot whose end is above `gfn` (slotCount if none).
     @inline(__always) func firstSlotEndingAfter(_ gfn: UInt64) -> Int {
-        let sl = slots
+        let sl = unsafe slots
         var lo = 0, hi = slotCount
         while lo < hi {
             let mid = (lo &+ hi) &>> 1
-            if sl[mid].end <= gfn { lo = mid &+ 1 } else { hi = mid }
+            if unsafe sl[mid].end <= gfn { lo = mid &+ 1 } else { hi = mid }
         }
         return lo
     }
 
     /// Index of the slot containing `gfn`, or nil.
     @inline(__always) func slotIndex(containing gfn: UInt64) -> Int? {
-        let h = p.pointee.slotHint
+        let h = unsafe p.pointee.slotHint
         if h < slotCount {
-            let sl = slots[h]
+            let sl = unsafe slots[h]
             if gfn >= sl.base && gfn &- sl.base < sl.pages { return h }
         }
         if slotCount == 0 { return nil }
         let i = firstSlotEndingAfter(gfn)
-        if i < slotCount && slots[i].base <= gfn { p.pointee.slotHint = i; return i }
+        if unsafe i < slotCount && slots[i].base <= gfn { unsafe p.pointee.slotHint = i; return i }
         return nil
     }
 
@@ -107,10 +107,10 @@ struct Engine: ~Copyable {
             throw .outOfRange("gfn range \(hex(gfn))..\(hex(end)) outside the memory layout (gfn \(hex(gfn)) is in no slot)")
         }
         var s = s0
-        while slots[s].end < end {
+        while unsafe slots[s].end < end {
             let next = s &+ 1
-            if next >= slotCount || slots[next].base != slots[s].end {
-                throw .outOfRange("gfn range \(hex(gfn))..\(hex(end)) outside the memory layout (hole at gfn \(hex(slots[s].end)))")
+            if unsafe next >= slotCount || slots[next].base != slots[s].end {
+                throw .outOfRange(unsafe "gfn range \(hex(gfn))..\(hex(end)) outside the memory layout (hole at gfn \(hex(slots[s].end)))")
             }
             s = next
         }
@@ -127,7 +127,7 @@ struct Engine: ~Copyable {
         var cur = gfn
         let end = gfn &+ n
         while cur < end {
-            let sl = slots[s]
+            let sl = unsafe slots[s]
             let segEnd = min(end, sl.end)
             var rel = cur &- sl.base
             let relEnd = segEnd &- sl.base
@@ -150,15 +150,15 @@ struct Engine: ~Copyable {
     // SAFETY: s < slotCount and c is a chunk of slot s, so the group index is below the slot's groupCount.
     @inline(__always) func group(_ s: Int, _ c: UInt64) -> UnsafeMutablePointer<Group> {
         // SAFETY: c is a chunk of slot s, so its group index is below groupCount.
-        slots[s].groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
+        unsafe slots[s].groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
     }
 
     /// nil if mixed; otherwise true = uniform private, false = uniform shared.
     // SAFETY: g comes from group(), a live group of this engine, read under the lock.
     @inline(__always) func uniformValue(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) -> Bool? {
         let m: UInt64 = 1 &<< bit
-        if g.pointee.mixed & m != 0 { return nil }
-        return g.pointee.shared & m == 0
+        if unsafe g.pointee.mixed & m != 0 { return nil }
+        return unsafe g.pointee.shared & m == 0
     }
 
     /// Index of chunk `bit`'s block in the group's compact block array.
@@ -168,31 +168,31 @@ struct Engine: ~Copyable {
 
     // SAFETY: chunk `bit` is mixed (callers check), so its rank indexes a non-nil block of the group's compact array.
     @inline(__always) func block(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) -> UnsafeMutablePointer<UInt64> {
-        g.pointee.blocks![rank(g.pointee.mixed, bit)]!
+        unsafe g.pointee.blocks![rank(g.pointee.mixed, bit)]!
     }
 
     /// Free every block of a group and its array (state handled by the caller).
     // SAFETY: the array holds popcount(mixed) blocks (Storage.swift invariant); each freed once, then the array.
     func freeGroupBlocks(_ g: UnsafeMutablePointer<Group>) {
-        let n = g.pointee.mixed.nonzeroBitCount
+        let n = unsafe g.pointee.mixed.nonzeroBitCount
         for i in 0..<n {
-            Mem.free(g.pointee.blocks![i])
+            unsafe Mem.free(g.pointee.blocks![i])
             memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
         }
-        g.pointee.mixed = 0
-        freeBlockArray(g)
+        unsafe g.pointee.mixed = 0
+        unsafe freeBlockArray(g)
     }
 
     /// Record that chunk `bit` of group `g` changed.
     // SAFETY: g comes from group(), a live group of this engine, written under the lock.
     @inline(__always) func markChanged(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64) {
         let m: UInt64 = 1 &<< bit
-        if g.pointee.dirty & m == 0 {
-            g.pointee.dirty |= m
+        if unsafe g.pointee.dirty & m == 0 {
+            unsafe g.pointee.dirty |= m
             dirtyCount &+= 1
         }
-        g.pointee.hashOK &= ~m
-        g.pointee.hashValid = false
+        unsafe g.pointee.hashOK &= ~m
+        unsafe g.pointee.hashValid = false
         stateGeneration &+= 1
     }
 
@@ -201,47 +201,47 @@ struct Engine: ~Copyable {
     /// the state intact. Returns false when out of memory.
     // SAFETY: arrays and blocks are fresh Mem allocations checked for nil; the array is shifted within its capacity (count + 1 <= blockCap).
     func materialize(_ s: Int, _ c: UInt64) -> Bool {
-        let g = group(s, c)
+        let g = unsafe group(s, c)
         let bit = c & 63
-        guard let value = uniformValue(g, bit) else { return true }
-        let count = g.pointee.mixed.nonzeroBitCount
-        if count &+ 1 > Int(g.pointee.blockCap) {
+        guard let value = unsafe uniformValue(g, bit) else { return true }
+        let count = unsafe g.pointee.mixed.nonzeroBitCount
+        if unsafe count &+ 1 > Int(g.pointee.blockCap) {
             // Grow the compact array: by one while small, then by half.
             let newCap = count < 8 ? count &+ 1 : min(Geometry.chunksPerGroup, count &+ count / 2)
-            guard let arr = Mem.calloc(newCap, UnsafeMutablePointer<UInt64>?.self) else { return false }
-            if let old = g.pointee.blocks {
-                arr.update(from: old, count: count)
-                Mem.free(old)
+            guard let arr = unsafe Mem.calloc(newCap, UnsafeMutablePointer<UInt64>?.self) else { return false }
+            if let old = unsafe g.pointee.blocks {
+                unsafe arr.update(from: old, count: count)
+                unsafe Mem.free(old)
             }
-            memBytes &+= Mem.bytes(newCap &- Int(g.pointee.blockCap), UnsafeMutablePointer<UInt64>?.self)
-            g.pointee.blocks = arr
-            g.pointee.blockCap = UInt8(newCap)
+            unsafe memBytes &+= Mem.bytes(newCap &- Int(g.pointee.blockCap), UnsafeMutablePointer<UInt64>?.self)
+            unsafe g.pointee.blocks = unsafe arr
+            unsafe g.pointee.blockCap = UInt8(newCap)
         }
-        guard let blk = Mem.calloc(Geometry.blockWords, UInt64.self) else {
-            if g.pointee.mixed == 0 { freeBlockArray(g) }
+        guard let blk = unsafe Mem.calloc(Geometry.blockWords, UInt64.self) else {
+            if unsafe g.pointee.mixed == 0 { unsafe freeBlockArray(g) }
             return false
         }
         memBytes &+= Mem.bytes(Geometry.blockWords, UInt64.self)
-        let len = Geometry.chunkLen(c, slots[s].pages)
-        if value { Bits.fill(blk, from: 0, to: len, value: true) }
-        let r = rank(g.pointee.mixed, bit)
-        let arr = g.pointee.blocks!
+        let len = unsafe Geometry.chunkLen(c, slots[s].pages)
+        if value { unsafe Bits.fill(blk, from: 0, to: len, value: true) }
+        let r = unsafe rank(g.pointee.mixed, bit)
+        let arr = unsafe g.pointee.blocks!
         var i = count
-        while i > r { arr[i] = arr[i &- 1]; i &-= 1 }
-        arr[r] = blk
-        g.pointee.mixed |= 1 &<< bit
-        g.pointee.shared &= ~(1 &<< bit)
-        g.pointee.hashOK &= ~(1 &<< bit)
+        while i > r { unsafe arr[i] = unsafe arr[i &- 1]; i &-= 1 }
+        unsafe arr[r] = unsafe blk
+        unsafe g.pointee.mixed |= 1 &<< bit
+        unsafe g.pointee.shared &= ~(1 &<< bit)
+        unsafe g.pointee.hashOK &= ~(1 &<< bit)
         return true
     }
 
     // SAFETY: g comes from group(); the array is freed once and its pointer cleared.
     func freeBlockArray(_ g: UnsafeMutablePointer<Group>) {
-        if let arr = g.pointee.blocks {
-            Mem.free(arr)
-            memBytes &-= Mem.bytes(Int(g.pointee.blockCap), UnsafeMutablePointer<UInt64>?.self)
-            g.pointee.blocks = nil
-            g.pointee.blockCap = 0
+        if let arr = unsafe g.pointee.blocks {
+            unsafe Mem.free(arr)
+            unsafe memBytes &-= Mem.bytes(Int(g.pointee.blockCap), UnsafeMutablePointer<UInt64>?.self)
+            unsafe g.pointee.blocks = nil
+            unsafe g.pointee.blockCap = 0
         }
     }
 
@@ -249,20 +249,20 @@ struct Engine: ~Copyable {
     // SAFETY: g comes from group(); the block at rank r exists because the chunk is mixed; the array shifts within count entries.
     func setUniform(_ g: UnsafeMutablePointer<Group>, _ bit: UInt64, _ value: Bool) {
         let m: UInt64 = 1 &<< bit
-        if g.pointee.mixed & m != 0 {
-            let count = g.pointee.mixed.nonzeroBitCount
-            let r = rank(g.pointee.mixed, bit)
-            let arr = g.pointee.blocks!
-            Mem.free(arr[r])
+        if unsafe g.pointee.mixed & m != 0 {
+            let count = unsafe g.pointee.mixed.nonzeroBitCount
+            let r = unsafe rank(g.pointee.mixed, bit)
+            let arr = unsafe g.pointee.blocks!
+            unsafe Mem.free(arr[r])
             memBytes &-= Mem.bytes(Geometry.blockWords, UInt64.self)
             var i = r
-            while i &+ 1 < count { arr[i] = arr[i &+ 1]; i &+= 1 }
-            arr[count &- 1] = nil
-            g.pointee.mixed &= ~m
-            g.pointee.hashOK &= ~m   // the cached hash went with the block
-            if g.pointee.mixed == 0 { freeBlockArray(g) }
+            while i &+ 1 < count { unsafe arr[i] = unsafe arr[i &+ 1]; i &+= 1 }
+            unsafe arr[count &- 1] = nil
+            unsafe g.pointee.mixed &= ~m
+            unsafe g.pointee.hashOK &= ~m   // the cached hash went with the block
+            if unsafe g.pointee.mixed == 0 { unsafe freeBlockArray(g) }
         }
-        if value { g.pointee.shared &= ~m } else { g.pointee.shared |= m }
+        if value { unsafe g.pointee.shared &= ~m } else { unsafe g.pointee.shared |= m }
     }
 
     /// Set pages [a, b) of chunk c of slot s to `value`. Needs a block if the
@@ -270,16 +270,16 @@ struct Engine: ~Copyable {
     /// materialized it. Returns whether anything changed.
     @inline(__always)
     func setChunkRange(_ s: Int, _ c: UInt64, _ a: Int, _ b: Int, _ value: Bool) -> Bool {
-        let g = group(s, c)
+        let g = unsafe group(s, c)
         let bit = c & 63
-        let len = Geometry.chunkLen(c, slots[s].pages)
+        let len = unsafe Geometry.chunkLen(c, slots[s].pages)
         let whole = a == 0 && b == len
         var changed: Bool
-        if let u = uniformValue(g, bit) {
+        if let u = unsafe uniformValue(g, bit) {
             if u == value { return false }
-            if whole { setUniform(g, bit, value) } else {
+            if whole { unsafe setUniform(g, bit, value) } else {
                 // materialized by the caller's first pass
-                Bits.fill(block(g, bit), from: a, to: b, value: value)
+                unsafe Bits.fill(block(g, bit), from: a, to: b, value: value)
             }
             changed = true
         } else {
@@ -287,22 +287,22 @@ struct Engine: ~Copyable {
                 // A mixed chunk can already hold `value` on every page (a
                 // shrink cut its other pages, or partial updates filled it):
                 // then making it uniform changes no page.
-                let ones = Bits.countOnes(block(g, bit), from: 0, to: len)
+                let ones = unsafe Bits.countOnes(block(g, bit), from: 0, to: len)
                 changed = ones != (value ? len : 0)
-                setUniform(g, bit, value)
+                unsafe setUniform(g, bit, value)
             } else {
-                changed = Bits.fill(block(g, bit), from: a, to: b, value: value)
+                changed = unsafe Bits.fill(block(g, bit), from: a, to: b, value: value)
             }
         }
-        if changed { markChanged(g, bit) }
+        if changed { unsafe markChanged(g, bit) }
         return changed
     }
 
     /// Does setting [a, b) of the chunk to `value` need a block it lacks?
     @inline(__always)
     func needsBlock(_ s: Int, _ c: UInt64, _ a: Int, _ b: Int, _ value: Bool) -> Bool {
-        let g = group(s, c)
-        guard let u = uniformValue(g, c & 63) else { return false }
-        return u != value && !(a == 0 && b == Geometry.chunkLen(c, slots[s].pages))
+        let g = unsafe group(s, c)
+        guard let u = unsafe uniformValue(g, c & 63) else { return false }
+        return unsafe u != value && !(a == 0 && b == Geometry.chunkLen(c, slots[s].pages))
     }
 }

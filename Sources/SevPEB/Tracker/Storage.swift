@@ -38,7 +38,7 @@ enum Geometry {
 }
 
 /// Per-group bookkeeping: 64 chunks.
-struct Group {
+@safe struct Group {
     var shared: UInt64 = 0   // uniform chunks that are shared
     var mixed: UInt64 = 0    // chunks with a block
     var dirty: UInt64 = 0    // changed since last taken by the encoder
@@ -55,7 +55,7 @@ struct Group {
 }
 
 /// One memory slot: [base, base + pages).
-struct SlotRec {
+@safe struct SlotRec {
     var base: UInt64
     var pages: UInt64
     // SAFETY: a Mem array of groupCount groups, owned by the slot record, freed with the slot.

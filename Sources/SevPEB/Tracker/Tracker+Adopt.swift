@@ -22,7 +22,7 @@ extension Engine {
     /// Whether both engines hold the same slots.
     func sameLayout(_ other: borrowing Engine) -> Bool {
         if slotCount != other.slotCount { return false }
-        for s in 0..<slotCount where slots[s].base != other.slots[s].base || slots[s].pages != other.slots[s].pages {
+        for s in 0..<slotCount where unsafe slots[s].base != other.slots[s].base || slots[s].pages != other.slots[s].pages {
             return false
         }
         return true
@@ -32,17 +32,17 @@ extension Engine {
     /// storage, then swap slot tables with `other` (which keeps this
     /// engine's emptied table).
     func adopt(_ other: borrowing Engine) {
-        for s in 0..<slotCount { freeSlotStorage(slots[s]) }
+        for s in 0..<slotCount { unsafe freeSlotStorage(slots[s]) }
         let myTable = Mem.bytes(slotCap, SlotRec.self)
         memBytes = memBytes &- myTable &+ other.memBytes
-        let (t, cap) = (slots, slotCap)
-        slots = other.slots; slotCount = other.slotCount; slotCap = other.slotCap
-        other.slots = t; other.slotCount = 0; other.slotCap = cap; other.memBytes = myTable
+        let (t, cap) = unsafe (slots, slotCap)
+        unsafe slots = unsafe other.slots; slotCount = other.slotCount; slotCap = other.slotCap
+        unsafe other.slots = unsafe t; other.slotCount = 0; other.slotCap = cap; other.memBytes = myTable
         // The adopted chunks count as sent. Their dirty bits were counted
         // in `other`'s count, not ours (ours is 0: freeSlotStorage above
         // subtracted our old chunks), so clear the bits directly.
         for s in 0..<slotCount {
-            for gi in 0..<slots[s].groupCount { slots[s].groups[gi].dirty = 0 }
+            for gi in unsafe 0..<slots[s].groupCount { unsafe slots[s].groups[gi].dirty = 0 }
         }
         dirtyCount = 0
         other.dirtyCount = 0

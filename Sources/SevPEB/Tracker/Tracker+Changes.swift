@@ -51,7 +51,7 @@ extension Tracker {
     // SAFETY: the block pointer given to visit is valid only during that call (under the lock).
     public func takeChunks(from cursor: UInt64, mode: TakeMode, layoutGeneration gen: UInt64,
                            _ visit: (ChunkSnapshot, UnsafePointer<UInt64>?) -> Bool) -> TakeEnd {
-        locked { $0.takeChunks(from: cursor, mode: mode, layoutGeneration: gen, visit) }
+        locked { unsafe $0.takeChunks(from: cursor, mode: mode, layoutGeneration: gen, visit) }
     }
 
     /// The current layout generation (changes on every add/remove/resize).
@@ -68,7 +68,7 @@ extension Engine {
         var s = firstSlotEndingAfter(cursor)
         var first = true
         while s < slotCount {
-            let sl = slots[s]
+            let sl = unsafe slots[s]
             let nch = Geometry.chunks(sl.pages)
             var c: UInt64 = 0
             if first && cursor > sl.base {
@@ -79,18 +79,18 @@ extension Engine {
             first = false
             while c < nch {
                 let gi = Int(truncatingIfNeeded: c &>> 6)
-                let g = sl.groups + gi
+                let g = unsafe sl.groups + gi
                 let lo = c & 63
                 let inGroup = min(UInt64(64), nch &- (c & ~63))
                 let live: UInt64 = inGroup == 64 ? ~0 : ((1 &<< inGroup) &- 1)
                 let from: UInt64 = ~0 &<< lo
                 let cand: UInt64
                 switch mode {
-                case .dirty: cand = g.pointee.dirty & live & from
-                case .nonPrivate: cand = (g.pointee.shared | g.pointee.mixed) & live & from
+                case .dirty: cand = unsafe g.pointee.dirty & live & from
+                case .nonPrivate: cand = unsafe (g.pointee.shared | g.pointee.mixed) & live & from
                 }
                 if cand == 0 {
-                    if mode == .nonPrivate { clearDirty(g, live & from) }
+                    if mode == .nonPrivate { unsafe clearDirty(g, live & from) }
                     c = (c & ~63) &+ inGroup
                     continue
                 }
@@ -98,20 +98,20 @@ extension Engine {
                 if mode == .nonPrivate {
                     // Private chunks passed over count as sent.
                     let passed = from & ((1 &<< bit) &- 1)
-                    clearDirty(g, passed)
+                    unsafe clearDirty(g, passed)
                 }
                 let chunk = (c & ~63) | bit
-                clearDirty(g, 1 &<< bit)
-                let (snap, bits) = view(s, chunk, g, bit)
-                if bits != nil {
+                unsafe clearDirty(g, 1 &<< bit)
+                let (snap, bits) = unsafe view(s, chunk, g, bit)
+                if unsafe bits != nil {
                     // Start reading the group's next block while this one is written.
-                    let later = g.pointee.mixed & ~((2 &<< bit) &- 1)
+                    let later = unsafe g.pointee.mixed & ~((2 &<< bit) &- 1)
                     if later != 0 {
-                        let nb = block(g, UInt64(later.trailingZeroBitCount))
-                        spb_prefetch(nb, Geometry.chunkWords &* 8)
+                        let nb = unsafe block(g, UInt64(later.trailingZeroBitCount))
+                        unsafe spb_prefetch(nb, Geometry.chunkWords &* 8)
                     }
                 }
-                if !visit(snap, bits) { return .stopped }
+                if unsafe !visit(snap, bits) { return .stopped }
                 c = chunk &+ 1
             }
             s &+= 1
@@ -121,9 +121,9 @@ extension Engine {
 
     // SAFETY: g is a live group of this engine, written under the lock.
     @inline(__always) func clearDirty(_ g: UnsafeMutablePointer<Group>, _ m: UInt64) {
-        let was = g.pointee.dirty & m
+        let was = unsafe g.pointee.dirty & m
         if was != 0 {
-            g.pointee.dirty &= ~m
+            unsafe g.pointee.dirty &= ~m
             dirtyCount &-= was.nonzeroBitCount
         }
     }
@@ -134,18 +134,18 @@ extension Engine {
     // SAFETY: g is chunk c's group; its block (when mixed) holds chunkWords words, read below ceil(len/64).
     func view(_ s: Int, _ c: UInt64, _ g: UnsafeMutablePointer<Group>, _ bit: UInt64)
         -> (Tracker.ChunkSnapshot, UnsafePointer<UInt64>?) {
-        let sl = slots[s]
+        let sl = unsafe slots[s]
         let gfn = sl.base &+ (c &<< UInt64(Geometry.chunkShift))
         let len = Geometry.chunkLen(c, sl.pages)
-        if let u = uniformValue(g, bit) {
+        if let u = unsafe uniformValue(g, bit) {
             return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared), nil)
         }
-        let blk = block(g, bit)
+        let blk = unsafe block(g, bit)
         let words = (len &+ 63) &>> 6
         var andAll: UInt64 = ~0, orAll: UInt64 = 0
         var i = 0
         while i < words {
-            var w = blk[i]
+            var w = unsafe blk[i]
             orAll |= w
             if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
             andAll &= w
@@ -153,14 +153,14 @@ extension Engine {
             i &+= 1
         }
         if andAll == ~0 {
-            setUniform(g, bit, true)   // a block that became all private: free it
+            unsafe setUniform(g, bit, true)   // a block that became all private: free it
             return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allPrivate), nil)
         }
         if orAll == 0 {
-            setUniform(g, bit, false)
+            unsafe setUniform(g, bit, false)
             return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allShared), nil)
         }
-        return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed), UnsafePointer(blk))
+        return unsafe (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed), UnsafePointer(blk))
     }
 
 }

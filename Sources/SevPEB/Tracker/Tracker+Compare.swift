@@ -16,7 +16,7 @@ extension Tracker {
                                  _ out: UnsafeMutablePointer<UInt64>?, _ maxOut: Int) throws(SevError) -> (count: UInt64, stored: Int) {
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if maxOut < 0 { throw .invalid("max_gfns \(maxOut): must be >= 0") }
-        if maxOut > 0 && out == nil { throw .invalid("gfns is NULL with max_gfns \(maxOut)") }
+        if unsafe maxOut > 0 && out == nil { throw .invalid("gfns is NULL with max_gfns \(maxOut)") }
         let (end, overflow) = gfn.addingReportingOverflow(n)
         if overflow { throw .outOfRange("gfn \(hex(gfn)) + npages \(hex(n)) overflows") }
         // Both ranges checked up front, so a failure changes nothing and names the tracker.
@@ -30,10 +30,10 @@ extension Tracker {
         let words = Int(Tracker.comparePiece &>> 6)
         // Byte buffers (getBitmap's LSB-first bytes), read back as words with
         // loadUnaligned: no memory is viewed as a type it is not bound to.
-        guard let bufA = Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
-        defer { Mem.free(bufA) }
-        guard let bufB = Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
-        defer { Mem.free(bufB) }
+        guard let bufA = unsafe Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
+        defer { unsafe Mem.free(bufA) }
+        guard let bufB = unsafe Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
+        defer { unsafe Mem.free(bufB) }
         var count: UInt64 = 0
         var stored = 0
         var cur = gfn
@@ -45,20 +45,20 @@ extension Tracker {
             if !((sa == 0 && sb == 0) || (sa == len && sb == len)) {
                 let nw = Int(truncatingIfNeeded: (len &+ 63) &>> 6)
                 let bytes = nw &* 8
-                for i in 0..<bytes { bufA[i] = 0; bufB[i] = 0 }
-                try getBitmap(cur, len, bufA, bytes)
-                try other.getBitmap(cur, len, bufB, bytes)
+                for i in 0..<bytes { unsafe bufA[i] = 0; unsafe bufB[i] = 0 }
+                unsafe try getBitmap(cur, len, bufA, bytes)
+                unsafe try other.getBitmap(cur, len, bufB, bytes)
                 for i in 0..<nw {
                     // Bytes are LSB-first: the little-endian word at byte 8i holds pages 64i..64i+63.
-                    let wa = UnsafeRawPointer(bufA).loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
-                    let wb = UnsafeRawPointer(bufB).loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    let wa = unsafe UnsafeRawPointer(bufA).loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
+                    let wb = unsafe UnsafeRawPointer(bufB).loadUnaligned(fromByteOffset: i &* 8, as: UInt64.self)
                     var d = UInt64(littleEndian: wa) ^ UInt64(littleEndian: wb)
                     let valid = len &- UInt64(i &* 64)
                     if valid < 64 { d &= (UInt64(1) &<< valid) &- 1 }
                     if d == 0 { continue }
                     count &+= UInt64(d.nonzeroBitCount)
                     while d != 0 && stored < maxOut {
-                        out![stored] = cur &+ UInt64(i &* 64) &+ UInt64(d.trailingZeroBitCount)
+                        unsafe out![stored] = cur &+ UInt64(i &* 64) &+ UInt64(d.trailingZeroBitCount)
                         stored &+= 1
                         d &= d &- 1
                     }

@@ -37,7 +37,7 @@ extension Tracker {
         while true {
             let more = locked { e -> Bool in
                 while s < e.slotCount {
-                    if gi < e.slots[s].groupCount {
+                    if unsafe gi < e.slots[s].groupCount {
                         e.groupSummary(s, gi)
                         gi &+= 1
                         return true
@@ -57,27 +57,27 @@ extension Tracker {
 extension Engine {
     /// Hash of chunk c of slot s.
     func chunkHash(_ s: Int, _ c: UInt64) -> UInt64 {
-        let g = group(s, c)
+        let g = unsafe group(s, c)
         let bit = c & 63
-        let len = Geometry.chunkLen(c, slots[s].pages)
-        if let u = uniformValue(g, bit) {
+        let len = unsafe Geometry.chunkLen(c, slots[s].pages)
+        if let u = unsafe uniformValue(g, bit) {
             if len == Geometry.chunkPages { return u ? Tracker.privateChunkHash : Tracker.sharedChunkHash }
             return Tracker.uniformHash(len: len, value: u)
         }
-        let blk = block(g, bit)
-        if g.pointee.hashOK & (1 &<< bit) != 0 { return blk[Geometry.chunkWords] }
-        let h = XXH3.hash(words: blk, count: (len &+ 63) &>> 6)
-        blk[Geometry.chunkWords] = h
-        g.pointee.hashOK |= 1 &<< bit
+        let blk = unsafe block(g, bit)
+        if unsafe g.pointee.hashOK & (1 &<< bit) != 0 { return unsafe blk[Geometry.chunkWords] }
+        let h = unsafe XXH3.hash(words: blk, count: (len &+ 63) &>> 6)
+        unsafe blk[Geometry.chunkWords] = h
+        unsafe g.pointee.hashOK |= 1 &<< bit
         return h
     }
 
     /// Hash and shared-page count of group gi of slot s, cached.
     @discardableResult
     func groupSummary(_ s: Int, _ gi: Int) -> (hash: UInt64, shared: UInt64) {
-        let g = slots[s].groups + gi
-        if g.pointee.hashValid { return (g.pointee.hash, UInt64(g.pointee.sharedPages)) }
-        let pages = slots[s].pages
+        let g = unsafe slots[s].groups + gi
+        if unsafe g.pointee.hashValid { return unsafe (g.pointee.hash, UInt64(g.pointee.sharedPages)) }
+        let pages = unsafe slots[s].pages
         let nch = Geometry.chunks(pages)
         let first = UInt64(gi) &<< 6
         let last = min(nch, first &+ 64)
@@ -88,17 +88,17 @@ extension Engine {
             x.add(chunkHash(s, c))
             let bit = c & 63
             let len = Geometry.chunkLen(c, pages)
-            if let u = uniformValue(g, bit) {
+            if let u = unsafe uniformValue(g, bit) {
                 if !u { shared &+= UInt64(len) }
             } else {
-                shared &+= UInt64(len &- Bits.countOnes(block(g, bit), from: 0, to: len))
+                unsafe shared &+= UInt64(len &- Bits.countOnes(block(g, bit), from: 0, to: len))
             }
             c &+= 1
         }
         let h = x.finish()
-        g.pointee.hash = h
-        g.pointee.sharedPages = UInt32(truncatingIfNeeded: shared)   // <= 2^20
-        g.pointee.hashValid = true
+        unsafe g.pointee.hash = h
+        unsafe g.pointee.sharedPages = UInt32(truncatingIfNeeded: shared)   // <= 2^20
+        unsafe g.pointee.hashValid = true
         return (h, shared)
     }
 
@@ -112,10 +112,10 @@ extension Engine {
         var x = XXH3()
         var pages: UInt64 = 0, shared: UInt64 = 0
         for s in 0..<slotCount {
-            x.add(slots[s].base)
-            x.add(slots[s].pages)
-            pages &+= slots[s].pages
-            for gi in 0..<slots[s].groupCount {
+            unsafe x.add(slots[s].base)
+            unsafe x.add(slots[s].pages)
+            unsafe pages &+= slots[s].pages
+            for gi in unsafe 0..<slots[s].groupCount {
                 let (h, sh) = groupSummary(s, gi)
                 x.add(h)
                 shared &+= sh

@@ -13,7 +13,7 @@ extension Engine {
         var mem = 0
         var prevEnd: UInt64 = 0
         for s in 0..<slotCount {
-            let sl = slots[s]
+            let sl = unsafe slots[s]
             if sl.pages == 0 { return "slot \(s) is empty" }
             if s > 0 && sl.base < prevEnd { return "slot \(s) at \(hex(sl.base)) overlaps the previous one" }
             prevEnd = sl.end
@@ -21,39 +21,39 @@ extension Engine {
             mem &+= Mem.bytes(sl.groupCount, Group.self)
             let nch = Geometry.chunks(sl.pages)
             for gi in 0..<sl.groupCount {
-                let g = sl.groups + gi
+                let g = unsafe sl.groups + gi
                 let first = UInt64(gi) &<< 6
                 let inGroup = min(64, nch &- first)
                 let live: UInt64 = inGroup == 64 ? ~0 : ((1 &<< inGroup) &- 1)
-                let p = g.pointee
+                let p = unsafe g.pointee
                 if (p.shared | p.mixed | p.dirty | p.hashOK) & ~live != 0 { return "slot \(s) group \(gi): bits set past the last chunk" }
                 if p.shared & p.mixed != 0 { return "slot \(s) group \(gi): chunk both shared-uniform and mixed" }
                 if p.hashOK & ~p.mixed != 0 { return "slot \(s) group \(gi): hashOK on a uniform chunk" }
-                if (p.mixed == 0) != (p.blocks == nil) { return "slot \(s) group \(gi): block array presence does not match mixed mask" }
+                if unsafe (p.mixed == 0) != (p.blocks == nil) { return "slot \(s) group \(gi): block array presence does not match mixed mask" }
                 if p.mixed.nonzeroBitCount > Int(p.blockCap) { return "slot \(s) group \(gi): more mixed chunks than array capacity" }
                 if p.hashValid {
                     // The cached summary must equal a fresh computation.
-                    g.pointee.hashValid = false
+                    unsafe g.pointee.hashValid = false
                     let fresh = groupSummary(s, gi)
                     if fresh.hash != p.hash || fresh.shared != UInt64(p.sharedPages) {
                         return "slot \(s) group \(gi): stale cached group hash or shared count"
                     }
                 }
                 dirty &+= p.dirty.nonzeroBitCount
-                mem &+= Mem.bytes(Int(p.blockCap), UnsafeMutablePointer<UInt64>?.self)
+                unsafe mem &+= Mem.bytes(Int(p.blockCap), UnsafeMutablePointer<UInt64>?.self)
                 var mx = p.mixed
                 while mx != 0 {
                     let bit = UInt64(mx.trailingZeroBitCount); mx &= mx &- 1
-                    guard p.blocks![rank(p.mixed, bit)] != nil else { return "slot \(s) group \(gi) chunk \(bit): missing block" }
+                    guard unsafe p.blocks![rank(p.mixed, bit)] != nil else { return "slot \(s) group \(gi) chunk \(bit): missing block" }
                     mem &+= Mem.bytes(Geometry.blockWords, UInt64.self)
                     let len = Geometry.chunkLen(first | bit, sl.pages)
-                    let blk = block(g, bit)
+                    let blk = unsafe block(g, bit)
                     if len < Geometry.chunkPages {
-                        if Bits.countOnes(blk, from: len, to: Geometry.chunkPages) != 0 {
+                        if unsafe Bits.countOnes(blk, from: len, to: Geometry.chunkPages) != 0 {
                             return "slot \(s) group \(gi) chunk \(bit): padding bits set past length \(len)"
                         }
                     }
-                    if p.hashOK & (1 &<< bit) != 0 && blk[Geometry.chunkWords] != XXH3.hash(words: blk, count: (len &+ 63) &>> 6) {
+                    if unsafe p.hashOK & (1 &<< bit) != 0 && blk[Geometry.chunkWords] != XXH3.hash(words: blk, count: (len &+ 63) &>> 6) {
                         return "slot \(s) group \(gi) chunk \(bit): stale cached hash"
                     }
                 }

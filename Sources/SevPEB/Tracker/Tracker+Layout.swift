@@ -43,10 +43,10 @@ extension Tracker {
         var madeShared = MemList<(UInt64, UInt64)>()
         try locked { (e) throws(SevError) in
             try e.setLayout(new, keepShared: keepShared, &madeShared)
-            if madeShared.count > 0 { cb = e.pendingCallback }
+            if madeShared.count > 0 { unsafe cb = unsafe e.pendingCallback }
         }
-        if let f = cb.0 {
-            for i in 0..<madeShared.count { f(cb.1, madeShared[i].0, madeShared[i].1, PageState.shared.rawValue) }
+        if let f = unsafe cb.0 {
+            for i in 0..<madeShared.count { unsafe f(cb.1, madeShared[i].0, madeShared[i].1, PageState.shared.rawValue) }
         }
     }
 
@@ -83,7 +83,7 @@ extension Engine {
         // before anything changes.
         var old = MemList<Tracker.Slot>()
         if !old.reserve(slotCount) { throw .noMemory("a copy of the \(slotCount)-slot layout") }
-        for s in 0..<slotCount { _ = old.append(Tracker.Slot(base: slots[s].base, pages: slots[s].pages)) }
+        for s in 0..<slotCount { _ = unsafe old.append(Tracker.Slot(base: slots[s].base, pages: slots[s].pages)) }
         var shared = MemList<(UInt64, UInt64)>()
         var pairs = 0
         for k in 0..<old.count where keepShared && Tracker.find(new, old[k].base) == nil {
@@ -111,8 +111,8 @@ extension Engine {
                 try resizeSlot(base: n.base, pages: n.pages)
             }
         }
-        try old.withBuffer { (was) throws(SevError) in
-            for n in new where Tracker.find(was, n.base) == nil {
+        unsafe try old.withBuffer { (was) throws(SevError) in
+            for n in new where unsafe Tracker.find(was, n.base) == nil {
                 try addSlot(base: n.base, pages: n.pages)
             }
         }

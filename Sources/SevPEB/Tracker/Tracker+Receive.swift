@@ -14,7 +14,7 @@ extension Tracker {
     // SAFETY: write gets the chunk's block (chunkWords words) only for the duration of the call.
     public func receiveChunk(_ gfn: UInt64, _ n: UInt64,
                       _ write: (UnsafeMutablePointer<UInt64>) throws(SevError) -> Void) throws(SevError) -> Bool {
-        try locked { (e) throws(SevError) -> Bool in try e.receiveChunk(gfn, n, write) }
+        try locked { (e) throws(SevError) -> Bool in unsafe try e.receiveChunk(gfn, n, write) }
     }
 }
 
@@ -25,29 +25,29 @@ extension Engine {
     func receiveChunk(_ gfn: UInt64, _ n: UInt64,
                       _ write: (UnsafeMutablePointer<UInt64>) throws(SevError) -> Void) throws(SevError) -> Bool {
         guard let s = slotIndex(containing: gfn) else { return false }
-        let rel = gfn &- slots[s].base
+        let rel = unsafe gfn &- slots[s].base
         if rel & UInt64(Geometry.chunkPages &- 1) != 0 { return false }
         let c = rel &>> UInt64(Geometry.chunkShift)
-        let len = Geometry.chunkLen(c, slots[s].pages)
+        let len = unsafe Geometry.chunkLen(c, slots[s].pages)
         if n != UInt64(len) { return false }
-        let g = group(s, c)
+        let g = unsafe group(s, c)
         let bit = c & 63
         // A uniform chunk gets a zero block (as if shared: no fill of
         // ones that the record would overwrite); restored if that fails.
-        let prior = uniformValue(g, bit)
-        if prior == true { setUniform(g, bit, false) }
+        let prior = unsafe uniformValue(g, bit)
+        if prior == true { unsafe setUniform(g, bit, false) }
         if !materialize(s, c) {
-            if let p = prior { setUniform(g, bit, p) }
+            if let p = prior { unsafe setUniform(g, bit, p) }
             throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
         }
-        let blk = block(g, bit)
-        try write(blk)
-        markChanged(g, bit)
+        let blk = unsafe block(g, bit)
+        unsafe try write(blk)
+        unsafe markChanged(g, bit)
         let words = (len &+ 63) &>> 6
         var andAll: UInt64 = ~0, orAll: UInt64 = 0
         var i = 0
         while i < words {
-            var w = blk[i]
+            var w = unsafe blk[i]
             orAll |= w
             if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
             andAll &= w
@@ -55,10 +55,10 @@ extension Engine {
             i &+= 1
         }
         if andAll == ~0 || orAll == 0 {
-            setUniform(g, bit, andAll == ~0)   // frees the block: the next chunk reuses its memory
+            unsafe setUniform(g, bit, andAll == ~0)   // frees the block: the next chunk reuses its memory
         } else {
-            blk[Geometry.chunkWords] = XXH3.hash(words: blk, count: words)
-            g.pointee.hashOK |= 1 &<< bit
+            unsafe blk[Geometry.chunkWords] = unsafe XXH3.hash(words: blk, count: words)
+            unsafe g.pointee.hashOK |= 1 &<< bit
         }
         return true
     }

@@ -29,7 +29,7 @@ extension Engine {
         var s = firstSlotEndingAfter(from)
         var first = true
         while s < slotCount {
-            let sl = slots[s]
+            let sl = unsafe slots[s]
             if open && sl.base != prevEnd {
                 // A hole ends the run.
                 store(n, start, prevEnd &- start); n &+= 1; open = false
@@ -40,13 +40,13 @@ extension Engine {
             let nch = Geometry.chunks(sl.pages)
             while rel < sl.pages {
                 let c = rel &>> UInt64(Geometry.chunkShift)
-                let g = sl.groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
+                let g = unsafe sl.groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
                 let bit = c & 63
                 let groupFirst = c & ~63
                 let inGroup = Swift.min(UInt64(Geometry.chunksPerGroup), nch &- groupFirst)
                 let live: UInt64 = inGroup == 64 ? ~0 : ((1 &<< inGroup) &- 1)
                 // Chunks that can start (not open) or end (open) a run.
-                let shared = g.pointee.shared, mixed = g.pointee.mixed
+                let shared = unsafe g.pointee.shared, mixed = unsafe g.pointee.mixed
                 let edges = (open ? ~shared | mixed : shared | mixed) & live & (~0 &<< bit)
                 if edges == 0 {
                     rel = (groupFirst &+ inGroup) &<< UInt64(Geometry.chunkShift)
@@ -72,14 +72,14 @@ extension Engine {
                     continue
                 }
                 // Mixed: walk the block's words from page `a`; bit 1 = private.
-                let blk = block(g, bit)
+                let blk = unsafe block(g, bit)
                 let a = Int(truncatingIfNeeded: rel &- cStart)
                 let lastW = (len &- 1) &>> 6
                 let gfn0 = sl.base &+ cStart
                 var wi = a &>> 6
                 var consumed: UInt64 = ~0 &<< UInt64(a & 63)   // bits still to look at
                 while wi <= lastW {
-                    let w = blk[wi]
+                    let w = unsafe blk[wi]
                     var valid = consumed
                     if wi == lastW && len & 63 != 0 { valid &= Bits.mask(0, len & 63) }
                     // Bits that are an edge: a private page when open, a shared one when not.

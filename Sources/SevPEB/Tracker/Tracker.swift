@@ -26,7 +26,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
 /// (`locked`), and calls the change callback after it is released. Knows
 /// nothing of streams or KVM. See Storage.swift for the storage layout and
 /// its invariants.
-public final class Tracker {
+@safe public final class Tracker {
     private let lock: Lock
     /// The engine's state; reached only through `locked`.
     // SAFETY: a Mem allocation made in create(), freed in deinit, reached only through locked().
@@ -47,7 +47,7 @@ public final class Tracker {
     // SAFETY: state is the initialized EngineState create() just allocated; the tracker owns it from here.
     private init(lock: consuming Lock, state: UnsafeMutablePointer<EngineState>) {
         self.lock = lock
-        self.state = state
+        unsafe self.state = unsafe state
     }
 
     /// A tracker with no slots. (A factory, not a throwing init: Embedded
@@ -55,21 +55,21 @@ public final class Tracker {
     public static func create() throws(SevError) -> Tracker {
         guard let m = Lock.make() else { throw .noMemory("tracker mutex") }
         let cap = EngineState.initialSlotCap
-        guard let slots = Mem.calloc(cap, SlotRec.self) else { throw .noMemory("slot table") }
-        guard let st = Mem.calloc(1, EngineState.self) else {
-            Mem.free(slots)
+        guard let slots = unsafe Mem.calloc(cap, SlotRec.self) else { throw .noMemory("slot table") }
+        guard let st = unsafe Mem.calloc(1, EngineState.self) else {
+            unsafe Mem.free(slots)
             throw .noMemory("tracker state")
         }
         // SAFETY: st is fresh calloc'd memory for one EngineState (trivial fields).
-        st.initialize(to: EngineState(slots: slots, slotCap: cap, memBytes: Mem.bytes(cap, SlotRec.self)))
-        return Tracker(lock: m, state: st)
+        unsafe st.initialize(to: EngineState(slots: slots, slotCap: cap, memBytes: Mem.bytes(cap, SlotRec.self)))
+        return unsafe Tracker(lock: m, state: st)
     }
 
     deinit {
-        let e = Engine(lockedState: state, LockKey())   // last reference: no one else can lock
-        for s in 0..<e.slotCount { e.freeSlotStorage(e.slots[s]) }
-        Mem.free(e.slots)
-        Mem.free(state)
+        let e = unsafe Engine(lockedState: state, LockKey())   // last reference: no one else can lock
+        for s in 0..<e.slotCount { unsafe e.freeSlotStorage(e.slots[s]) }
+        unsafe Mem.free(e.slots)
+        unsafe Mem.free(state)
     }
 
     // MARK: locking
@@ -82,7 +82,7 @@ public final class Tracker {
     /// the engine's dirty-chunk count before unlocking.
     @inline(__always) func locked<R, E: Error>(_ body: (borrowing Engine) throws(E) -> R) throws(E) -> R {
         try lock.withLock { () throws(E) -> R in
-            let e = Engine(lockedState: state, LockKey())
+            let e = unsafe Engine(lockedState: state, LockKey())
             defer { dirtyChunks.store(e.dirtyCount, ordering: .relaxed) }
             return try body(e)
         }
@@ -90,8 +90,8 @@ public final class Tracker {
 
     @inline(__always) func notify(_ gfn: UInt64, _ n: UInt64, _ state: Int32) {
         // Read the callback under the lock, call it without.
-        let (cb, op) = locked { $0.pendingCallback }
-        if let cb { cb(op, gfn, n, state) }
+        let (cb, op) = unsafe locked { unsafe $0.pendingCallback }
+        if let cb = unsafe cb { unsafe cb(op, gfn, n, state) }
     }
 
     /// The callback as read inside an operation's critical section (so a
@@ -101,7 +101,7 @@ public final class Tracker {
 
     // SAFETY: opaque is the C caller's value, handed back to cb, never dereferenced.
     public func setCallback(_ cb: ChangeCallback?, _ opaque: UnsafeMutableRawPointer?) {
-        locked { $0.callback = cb; $0.callbackOpaque = opaque }
+        locked { unsafe $0.callback = unsafe cb; unsafe $0.callbackOpaque = unsafe opaque }
     }
 
     // MARK: page state
@@ -115,10 +115,10 @@ public final class Tracker {
         var cb: PendingCallback = (nil, nil)
         let changed = try locked { (e) throws(SevError) -> Bool in
             let any = try e.setRange(gfn, n, private: value)
-            if any { cb = e.pendingCallback }
+            if any { unsafe cb = unsafe e.pendingCallback }
             return any
         }
-        if changed, let f = cb.0 { f(cb.1, gfn, n, PageState(private: value).rawValue) }
+        if changed, let f = unsafe cb.0 { unsafe f(cb.1, gfn, n, PageState(private: value).rawValue) }
         return changed
     }
 
@@ -152,7 +152,7 @@ public final class Tracker {
         let need = (n &>> 3) &+ (n & 7 == 0 ? 0 : 1)   // ceil(n/8) without wrapping
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(dstLen) < need { throw SevError(ENOSPC, "buffer of \(dstLen) bytes too small for \(n) pages (need \(need))") }
-        try locked { (e) throws(SevError) in try e.getBitmap(gfn, n, dst) }
+        try locked { (e) throws(SevError) in unsafe try e.getBitmap(gfn, n, dst) }
     }
 
     /// Set [gfn, gfn+n) to the exact bits of src (1 = private); src nil
@@ -160,15 +160,15 @@ public final class Tracker {
     // SAFETY: src (if not nil) is valid for srcLen bytes (caller); ceil(n/8) <= srcLen is checked before the engine reads.
     @discardableResult
     public func setBitmap(_ gfn: UInt64, _ n: UInt64, _ src: UnsafePointer<UInt8>?, _ srcLen: Int) throws(SevError) -> Bool {
-        guard let src else { return try setRange(gfn, n, private: true) }
+        guard let src = unsafe src else { return try setRange(gfn, n, private: true) }
         let need = (n &>> 3) &+ (n & 7 == 0 ? 0 : 1)   // ceil(n/8) without wrapping
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(srcLen) < need { throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))") }
-        let source = ByteBitSource(p: src, bytes: Int(need))
-        let (changed, cb) = try locked { (e) throws(SevError) -> (Bool, PendingCallback) in
-            (try e.setBitmap(gfn, n, source), e.pendingCallback)
+        let source = unsafe ByteBitSource(p: src, bytes: Int(need))
+        let (changed, cb) = unsafe try locked { (e) throws(SevError) -> (Bool, PendingCallback) in
+            unsafe (try e.setBitmap(gfn, n, source), e.pendingCallback)
         }
-        if changed, let f = cb.0 { f(cb.1, gfn, n, PageState.mixed.rawValue) }
+        if changed, let f = unsafe cb.0 { unsafe f(cb.1, gfn, n, PageState.mixed.rawValue) }
         return changed
     }
 
@@ -192,7 +192,7 @@ public final class Tracker {
         locked { e in
             var r: [Slot] = []
             r.reserveCapacity(e.slotCount)
-            for s in 0..<e.slotCount { r.append(Slot(base: e.slots[s].base, pages: e.slots[s].pages)) }
+            for s in 0..<e.slotCount { unsafe r.append(Slot(base: e.slots[s].base, pages: e.slots[s].pages)) }
             return r
         }
     }
@@ -202,7 +202,7 @@ public final class Tracker {
 
     /// Slot `index` in ascending order, or nil past the last (sevpeb_slot_get).
     public func slot(at index: Int) -> Slot? {
-        locked { e in index >= 0 && index < e.slotCount ? Slot(base: e.slots[index].base, pages: e.slots[index].pages) : nil }
+        locked { e in unsafe index >= 0 && index < e.slotCount ? Slot(base: e.slots[index].base, pages: e.slots[index].pages) : nil }
     }
 
     public static let maxSlots = 32768

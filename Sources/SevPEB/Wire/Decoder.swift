@@ -4,7 +4,7 @@ import CSevPEBShims
 /// it to the live tracker only when FINAL's digest, counts and layout check.
 /// Any error leaves the live tracker untouched and poisons the session
 /// until the next `setup()` (docs/FORMAT.md, "Validation").
-public final class LoadSession {
+@safe public final class LoadSession {
     var staging: Tracker? = nil
     var sawHeader = false
     var sawLayout = false
@@ -43,16 +43,16 @@ public final class LoadSession {
 
     // SAFETY: takes ownership of the two buffers create() allocated for this session.
     private init(scratch: UnsafeMutablePointer<UInt8>, runWords: UnsafeMutablePointer<UInt64>, layoutFromStream: Bool) {
-        self.scratch = scratch; self.runWords = runWords; self.layoutFromStream = layoutFromStream
+        unsafe self.scratch = unsafe scratch; unsafe self.runWords = unsafe runWords; self.layoutFromStream = layoutFromStream
     }
     public static func create(layoutFromStream: Bool = false) throws(SevError) -> LoadSession {
-        guard let s = Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
-        guard let w = Mem.calloc(Int(Wire.maxRecordPages) / 64 &+ 2, UInt64.self) else {
-            Mem.free(s); throw .noMemory("decoder run buffer")
+        guard let s = unsafe Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
+        guard let w = unsafe Mem.calloc(Int(Wire.maxRecordPages) / 64 &+ 2, UInt64.self) else {
+            unsafe Mem.free(s); throw .noMemory("decoder run buffer")
         }
-        return LoadSession(scratch: s, runWords: w, layoutFromStream: layoutFromStream)
+        return unsafe LoadSession(scratch: s, runWords: w, layoutFromStream: layoutFromStream)
     }
-    deinit { Mem.free(scratch); Mem.free(runWords) }
+    deinit { unsafe Mem.free(scratch); unsafe Mem.free(runWords) }
 
     public func setup() {
         staging = nil; sawHeader = false; sawLayout = false; finished = false; failed = false
@@ -89,7 +89,7 @@ public final class LoadSession {
                     let want = UInt32(truncatingIfNeeded: check.finish())
                     var v: UInt32 = 0
                     // SAFETY: p covers v's 4 bytes for the duration of the closure.
-                    try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p) }
+                    unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p) }
                     offset &+= 4
                     let got = UInt32(bigEndian: v)
                     if got != want {
@@ -235,16 +235,16 @@ public final class LoadSession {
             // (Errors are the record's own, already labelled; the staging
             // tracker is dropped on any.)
             // SAFETY: blk is the chunk's block of chunkWords words (>= nb bytes: n is one chunk), lent for the closure.
-            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
-                try readBits(&src, UnsafeMutableRawPointer(blk), nb, n, at)
+            let direct = unsafe try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
+                unsafe try readBits(&src, UnsafeMutableRawPointer(blk), nb, n, at)
                 #if _endian(big)
                 for i in 0..<((nb &+ 7) &>> 3) { blk[i] = UInt64(littleEndian: blk[i]) }
                 #endif
             }
             if !direct {
                 // SAFETY: nb <= maxRecordPages / 8, scratch's size.
-                try readBits(&src, UnsafeMutableRawPointer(scratch), nb, n, at)
-                _ = try wrapRange(at, "BITS") { () throws(SevError) -> Bool in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+                unsafe try readBits(&src, UnsafeMutableRawPointer(scratch), nb, n, at)
+                _ = try wrapRange(at, "BITS") { () throws(SevError) -> Bool in unsafe try st.setBitmap(gfn, UInt64(n), scratch, nb) }
             }
             emit(at, .bits, gfn, UInt64(n), 0)
         case .runs:
@@ -257,26 +257,26 @@ public final class LoadSession {
             if nr == 0 || nr > n / 2 &+ 1 {
                 throw SevError(EMSGSIZE, "RUNS at offset \(at): nruns \(nr) (expected 1..\(n / 2 &+ 1) for \(n) pages)")
             }
-            let direct = try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
-                Bits.fill(blk, from: 0, to: Int(n), value: true)
-                try readRuns(&src, blk, nr, n, at)
+            let direct = unsafe try st.receiveChunk(gfn, UInt64(n)) { (blk) throws(SevError) in
+                unsafe Bits.fill(blk, from: 0, to: Int(n), value: true)
+                unsafe try readRuns(&src, blk, nr, n, at)
             }
             if !direct {
                 // Build the bits in runWords: private, then the shared runs.
                 let nb = Int((n &+ 7) &>> 3)
-                let words = runWords
+                let words = unsafe runWords
                 let nw = (Int(n) &+ 63) &>> 6
-                for i in 0..<nw { words[i] = 0 }
-                Bits.fill(words, from: 0, to: Int(n), value: true)
-                try readRuns(&src, words, nr, n, at)
+                for i in 0..<nw { unsafe words[i] = 0 }
+                unsafe Bits.fill(words, from: 0, to: Int(n), value: true)
+                unsafe try readRuns(&src, words, nr, n, at)
                 // LSB-first bytes = little-endian words: store them as such into
                 // the byte buffer (any host byte order).
                 // SAFETY: nw * 8 <= maxRecordPages / 8 < scratch's size; storeBytes
                 // writes a trivial value into raw bytes without rebinding them.
-                let raw = UnsafeMutableRawPointer(scratch)
+                let raw = unsafe UnsafeMutableRawPointer(scratch)
                 // SAFETY: as above: i * 8 + 8 <= nw * 8 bytes of scratch.
-                for i in 0..<nw { raw.storeBytes(of: words[i].littleEndian, toByteOffset: i &* 8, as: UInt64.self) }
-                _ = try wrapRange(at, "RUNS") { () throws(SevError) -> Bool in try st.setBitmap(gfn, UInt64(n), scratch, nb) }
+                for i in 0..<nw { unsafe raw.storeBytes(of: words[i].littleEndian, toByteOffset: i &* 8, as: UInt64.self) }
+                _ = try wrapRange(at, "RUNS") { () throws(SevError) -> Bool in unsafe try st.setBitmap(gfn, UInt64(n), scratch, nb) }
             }
             emit(at, .runs, gfn, UInt64(n), UInt64(nr))
         default: break
@@ -295,9 +295,9 @@ public final class LoadSession {
     // SAFETY: dst holds at least nb bytes (the caller's block or scratch); nb >= 1.
     func readBits<R: ByteSource>(_ src: inout R, _ dst: UnsafeMutableRawPointer, _ nb: Int,
                                  _ n: UInt32, _ at: Int) throws(SevError) {
-        try src.read(UnsafeMutableRawBufferPointer(start: dst, count: nb)); offset &+= nb
-        check.update(dst, nb)
-        let last = dst.load(fromByteOffset: nb &- 1, as: UInt8.self)
+        unsafe try src.read(UnsafeMutableRawBufferPointer(start: dst, count: nb)); offset &+= nb
+        unsafe check.update(dst, nb)
+        let last = unsafe dst.load(fromByteOffset: nb &- 1, as: UInt8.self)
         if n & 7 != 0 && last &>> UInt8(n & 7) != 0 {
             throw SevError(EBADMSG, "BITS at offset \(at): padding bits above npages \(n) not zero (last byte \(hex(UInt64(last))))")
         }
@@ -313,7 +313,7 @@ public final class LoadSession {
             if off < next || off &+ len > Int(n) || (k > 0 && off == next) {
                 throw SevError(EBADMSG, "RUNS at offset \(at): run \(k) [\(off), +\(len)) not ascending, touching the previous run or beyond npages \(n)")
             }
-            Bits.fill(words, from: off, to: off &+ len, value: false)
+            unsafe Bits.fill(words, from: off, to: off &+ len, value: false)
             next = off &+ len
         }
     }
@@ -341,28 +341,28 @@ public final class LoadSession {
     // SAFETY: p covers v's bytes for the duration of the closure (u8, be16, be32, be64 alike).
     @inline(__always) func u8<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt8 {
         var v: UInt8 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 1) }
+        unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 1) }
         offset &+= 1
         return v
     }
     // SAFETY: as u8.
     @inline(__always) func be16<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt16 {
         var v: UInt16 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 2) }
+        unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 2) }
         offset &+= 2
         return UInt16(bigEndian: v)
     }
     // SAFETY: as u8.
     @inline(__always) func be32<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt32 {
         var v: UInt32 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 4) }
+        unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 4) }
         offset &+= 4
         return UInt32(bigEndian: v)
     }
     // SAFETY: as u8.
     @inline(__always) func be64<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt64 {
         var v: UInt64 = 0
-        try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in try src.read(p); check.update(p.baseAddress!, 8) }
+        unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 8) }
         offset &+= 8
         return UInt64(bigEndian: v)
     }

@@ -1,7 +1,7 @@
 import CSevPEBShims
 
 /// Buffers records and hands them to a sink in large writes.
-struct RecordWriter<S: ByteSink> {
+@safe struct RecordWriter<S: ByteSink> {
     var sink: S
     // SAFETY: the session's output buffer of cap bytes (SaveSession.out), which outlives the writer.
     let buf: UnsafeMutablePointer<UInt8>
@@ -15,14 +15,14 @@ struct RecordWriter<S: ByteSink> {
 
     // SAFETY: buf holds cap bytes and outlives the writer (the caller's session buffer).
     init(sink: S, buf: UnsafeMutablePointer<UInt8>, cap: Int) {
-        self.sink = sink; self.buf = buf; self.cap = cap
+        self.sink = sink; unsafe self.buf = unsafe buf; self.cap = cap
     }
 
     // SAFETY: bytes [0, used) of buf are written records, used <= cap.
     mutating func flush() throws(SevError) {
         if used > 0 {
-            check.update(buf + hashed, used &- hashed)
-            try sink.write(UnsafeRawBufferPointer(start: buf, count: used))
+            unsafe check.update(buf + hashed, used &- hashed)
+            unsafe try sink.write(UnsafeRawBufferPointer(start: buf, count: used))
             used = 0
             hashed = 0
         }
@@ -32,7 +32,7 @@ struct RecordWriter<S: ByteSink> {
     /// every payload byte up to and including that type byte; then flush.
     mutating func endPayload() throws(SevError) {
         try begin(.end, body: Wire.Record.end.fixedBodyBytes)
-        check.update(buf + hashed, used &- hashed)
+        unsafe check.update(buf + hashed, used &- hashed)
         hashed = used
         let c = UInt32(truncatingIfNeeded: check.finish())
         be32(c)
@@ -43,19 +43,19 @@ struct RecordWriter<S: ByteSink> {
     @inline(__always) mutating func reserve(_ n: Int) throws(SevError) {
         if used &+ n > cap { try flush() }
     }
-    @inline(__always) mutating func u8(_ v: UInt8) { buf[used] = v; used &+= 1; total &+= 1 }
+    @inline(__always) mutating func u8(_ v: UInt8) { unsafe buf[used] = v; used &+= 1; total &+= 1 }
     // SAFETY: be16/be32/be64 store at buf + used inside the room reserve() or chunkRoom made; storeBytes
     // writes a trivial value into raw bytes without rebinding them.
     @inline(__always) mutating func be16(_ v: UInt16) {
-        UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt16.self); used &+= 2; total &+= 2
+        unsafe UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt16.self); used &+= 2; total &+= 2
     }
     // SAFETY: as be16.
     @inline(__always) mutating func be32(_ v: UInt32) {
-        UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt32.self); used &+= 4; total &+= 4
+        unsafe UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt32.self); used &+= 4; total &+= 4
     }
     // SAFETY: as be16.
     @inline(__always) mutating func be64(_ v: UInt64) {
-        UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt64.self); used &+= 8; total &+= 8
+        unsafe UnsafeMutableRawPointer(buf + used).storeBytes(of: v.bigEndian, as: UInt64.self); used &+= 8; total &+= 8
     }
     @inline(__always) mutating func begin(_ r: Wire.Record, body: Int) throws(SevError) {
         try reserve(1 &+ body)
@@ -73,7 +73,7 @@ struct RecordWriter<S: ByteSink> {
 
 /// The source side of a migration: what has been sent, and the encoders for
 /// setup / iterate / complete (docs/FORMAT.md, "Live migration").
-public final class SaveSession {
+@safe public final class SaveSession {
     public private(set) var active = false
     /// Where the next chunk pass resumes, and what the destination was last
     /// sent: the session's own state, written by its encoders only.
@@ -96,13 +96,13 @@ public final class SaveSession {
 
     // SAFETY: takes ownership of create()'s outCap-byte buffer.
     private init(out: UnsafeMutablePointer<UInt8>) {
-        self.out = out
+        unsafe self.out = unsafe out
     }
     public static func create() throws(SevError) -> SaveSession {
-        guard let o = Mem.calloc(outCap, UInt8.self) else { throw .noMemory("encoder buffer") }
-        return SaveSession(out: o)
+        guard let o = unsafe Mem.calloc(outCap, UInt8.self) else { throw .noMemory("encoder buffer") }
+        return unsafe SaveSession(out: o)
     }
-    deinit { Mem.free(out) }
+    deinit { unsafe Mem.free(out) }
 
     /// Begin: write HEADER, LAYOUT, CONTROL and every chunk that is not
     /// uniformly private (the destination starts all private).
@@ -110,7 +110,7 @@ public final class SaveSession {
         if active { throw SevError(EBUSY, "an outgoing migration is already active") }
         if let why = t.migrationRefusal() { throw why }
         iterations = 0; setupBytes = 0; iterateBytes = 0; lastIterateBytes = 0; completeBytes = 0; records = 0
-        var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
+        var w = unsafe RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
         defer { sink = w.sink }   // the sink's state after the call, error or not
         try w.begin(.header, body: Wire.Record.header.fixedBodyBytes)
         w.be32(Wire.magic); w.be16(Wire.version); w.u8(Wire.pageShift); w.u8(0)
@@ -129,7 +129,7 @@ public final class SaveSession {
     /// (0 = unlimited). Returns true when nothing is left to send.
     public func iterate<S: ByteSink>(_ t: Tracker, _ sink: inout S, budget: UInt64) throws(SevError) -> Bool {
         guard active else { throw SevError(EPROTO, "save_iterate without an active save_setup") }
-        var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
+        var w = unsafe RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
         defer { sink = w.sink }   // the sink's state after the call, error or not
         if t.currentLayoutGeneration != sentLayoutGeneration { try writeLayout(t, &w) }
         try writeControl(t, &w, force: false)
@@ -151,7 +151,7 @@ public final class SaveSession {
     /// since the last iterate: FINAL + END_OF_PAYLOAD = 26 bytes.
     public func complete<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
         guard active else { throw SevError(EPROTO, "save_complete without an active save_setup") }
-        var w = RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
+        var w = unsafe RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
         defer { sink = w.sink }   // the sink's state after the call, error or not
         if t.currentLayoutGeneration != sentLayoutGeneration { try writeLayout(t, &w) }
         try writeControl(t, &w, force: false)
@@ -214,7 +214,7 @@ public final class SaveSession {
             if w.room < SaveSession.chunkRoom { try w.flush() }
             var overBudget = false
             var cur = cursor
-            let end = t.takeChunks(from: cur, mode: mode, layoutGeneration: sentLayoutGeneration) { snap, bits in
+            let end = unsafe t.takeChunks(from: cur, mode: mode, layoutGeneration: sentLayoutGeneration) { snap, bits in
                 cur = snap.gfn &+ UInt64(snap.pages)
                 switch snap.kind {
                 case .allPrivate where mode == .nonPrivate:
@@ -231,7 +231,7 @@ public final class SaveSession {
                     }
                 case .mixed:
                     fill.write(&w)
-                    writeMixed(&w, snap.gfn, snap.pages, bits!)
+                    unsafe writeMixed(&w, snap.gfn, snap.pages, bits!)
                 }
                 if budget != 0 && w.total &- start >= budget { overBudget = true; return false }
                 return w.room >= SaveSession.chunkRoom
@@ -282,15 +282,15 @@ public final class SaveSession {
         // RUNS only when smaller than BITS: stop counting past that (random
         // bits have ~16 runs a word, so this reads a few words, not 256).
         let limit = (bitsBytes &- Wire.runsRecordBytes(runs: 0)) / Wire.runBytes
-        let runs = Bits.zeroRuns(bits, bits: n, limit: limit)
+        let runs = unsafe Bits.zeroRuns(bits, bits: n, limit: limit)
         if Wire.runsRecordBytes(runs: runs) < bitsBytes {
             w.put(.runs)
             w.be64(gfn); w.be32(UInt32(n)); w.be32(UInt32(runs))
             var i = 0
             while i < n {
-                let s = Bits.find(bits, value: false, from: i, to: n)
+                let s = unsafe Bits.find(bits, value: false, from: i, to: n)
                 if s >= n { break }
-                let e = Bits.find(bits, value: true, from: s, to: n)
+                let e = unsafe Bits.find(bits, value: true, from: s, to: n)
                 w.be16(UInt16(truncatingIfNeeded: s)); w.be16(UInt16(truncatingIfNeeded: e &- s &- 1))
                 i = e
             }
@@ -301,7 +301,7 @@ public final class SaveSession {
             // bits at or above n are zero in the block (Storage.swift).
             let rawBytes = (n &+ 7) &>> 3
             #if _endian(little)
-            UnsafeMutableRawPointer(w.buf + w.used).copyMemory(from: bits, byteCount: rawBytes)
+            unsafe UnsafeMutableRawPointer(w.buf + w.used).copyMemory(from: bits, byteCount: rawBytes)
             #else
             var k = 0
             while k < rawBytes {

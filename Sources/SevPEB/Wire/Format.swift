@@ -105,7 +105,7 @@ public struct ArraySink: ByteSink {
     public init() {}
     // SAFETY: copies p into the array during the call (the ByteSink contract).
     public mutating func write(_ p: UnsafeRawBufferPointer) throws(SevError) {
-        bytes.append(contentsOf: p)
+        unsafe bytes.append(contentsOf: p)
     }
 }
 
@@ -119,8 +119,8 @@ public struct ArraySource: ByteSource {
         if p.count > bytes.count &- offset {
             throw SevError(ENODATA, "stream truncated at offset \(bytes.count): needed \(p.count) more bytes at offset \(offset)")
         }
-        bytes.withUnsafeBytes { src in
-            p.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[offset..<(offset &+ p.count)]))
+        unsafe bytes.withUnsafeBytes { src in
+            unsafe p.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[offset..<(offset &+ p.count)]))
         }
         offset &+= p.count
     }
