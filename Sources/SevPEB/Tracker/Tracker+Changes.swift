@@ -141,6 +141,18 @@ extension Engine {
             return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared), nil)
         }
         let blk = unsafe block(g, bit)
+        if let u = unsafe blockUniformity(blk, len) {
+            unsafe setUniform(g, bit, u)   // a block that became uniform: free it
+            return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: u ? .allPrivate : .allShared), nil)
+        }
+        return unsafe (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed), UnsafePointer(blk))
+    }
+
+    /// Whether the first `len` bits of a block are all 1 (true: all
+    /// private), all 0 (false: all shared) or mixed (nil). Stops at the
+    /// first word pair that shows both states (random bits: one word).
+    // SAFETY: blk holds at least ceil(len/64) words (a chunk's block).
+    @inline(__always) func blockUniformity(_ blk: UnsafePointer<UInt64>, _ len: Int) -> Bool? {
         let words = (len &+ 63) &>> 6
         var andAll: UInt64 = ~0, orAll: UInt64 = 0
         var i = 0
@@ -149,18 +161,9 @@ extension Engine {
             orAll |= w
             if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
             andAll &= w
-            if orAll != 0 && andAll != ~0 { break }
+            if orAll != 0 && andAll != ~0 { return nil }
             i &+= 1
         }
-        if andAll == ~0 {
-            unsafe setUniform(g, bit, true)   // a block that became all private: free it
-            return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allPrivate), nil)
-        }
-        if orAll == 0 {
-            unsafe setUniform(g, bit, false)
-            return (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .allShared), nil)
-        }
-        return unsafe (Tracker.ChunkSnapshot(gfn: gfn, pages: len, kind: .mixed), UnsafePointer(blk))
+        return andAll == ~0 ? true : (orAll == 0 ? false : nil)
     }
-
 }

@@ -44,18 +44,8 @@ extension Engine {
         unsafe try write(blk)
         unsafe markChanged(g, bit)
         let words = (len &+ 63) &>> 6
-        var andAll: UInt64 = ~0, orAll: UInt64 = 0
-        var i = 0
-        while i < words {
-            var w = unsafe blk[i]
-            orAll |= w
-            if i == words &- 1 && len & 63 != 0 { w |= ~Bits.mask(0, len & 63) }
-            andAll &= w
-            if orAll != 0 && andAll != ~0 { break }
-            i &+= 1
-        }
-        if andAll == ~0 || orAll == 0 {
-            unsafe setUniform(g, bit, andAll == ~0)   // frees the block: the next chunk reuses its memory
+        if let u = unsafe blockUniformity(blk, len) {
+            unsafe setUniform(g, bit, u)   // frees the block: the next chunk reuses its memory
         } else {
             unsafe blk[Geometry.chunkWords] = unsafe XXH3.hash(words: blk, count: words)
             unsafe g.pointee.hashOK |= 1 &<< bit
