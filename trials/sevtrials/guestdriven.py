@@ -6,13 +6,12 @@ the checksums of every page it wrote. See docs/TRIALS.md "Guest-driven page stat
 import os
 import re
 import signal
-import subprocess
 import time
 
 from .churn import normalize, diff_ranges
 from .hosts import PEB_PATH
 from .migrate import migrate, check_alive, compare_state
-from .scenarios import Result, _completed, _src_keeps_running, _wait_all_private, CORRUPT_EXPECT, MiB
+from .scenarios import relay_migration, Result, _completed, _src_keeps_running, _wait_all_private, CORRUPT_EXPECT, MiB
 from .util import log, wait_until
 
 DIMM_MB = 128
@@ -447,7 +446,6 @@ def interrupted(ctx, how):
 def corrupt(ctx, modes):
     r = Result("corrupt", f"relay corrupts the sevpeb section ({', '.join(modes)}); destination refuses, the "
                           f"guest-driven source survives")
-    import json
     details = []
     src = boot(ctx, "A", tag="cs")
     for mode in modes + ["none"]:
@@ -456,22 +454,7 @@ def corrupt(ctx, modes):
         time.sleep(1.0)
         ctl(src, "pause")
         dst = boot(ctx, "B", incoming=True, tag="cs")
-        ctx.port += 2
-        lport, dport = ctx.port - 1, ctx.port
-        rlog = os.path.join(ctx.workdir, f"relay-{mode}-{dst.name}.jsonl")
-        log(f"[corrupt] mode {mode}: {src.name} -> relay -> {dst.name}", always=True)
-        relay = ctx.start_relay("B", f"{ctx.hosts.ip['B']}:{lport}", f"127.0.0.1:{dport}", mode, rlog)
-        rec = migrate(src, dst, f"tcp:{ctx.hosts.ip['B']}:{lport}", dst_uri=f"tcp:127.0.0.1:{dport}",
-                      label=f"corrupt {mode}", pause=False, bandwidth_mib=ctx.args.bandwidth,
-                      timeout=ctx.args.mig_timeout)
-        rec["relay_mode"] = mode
-        r.migrations.append(rec)
-        try:
-            relay.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(relay.pid, signal.SIGKILL)
-            relay.wait(timeout=10)
-        events = [json.loads(l) for l in open(rlog)] if os.path.exists(rlog) else []
+        rec, events = relay_migration(ctx, r, src, dst, mode)
         hits = [e for e in events if e["ev"] in ("corrupt", "truncate")]
         if mode == "none":
             if _completed(r, rec, "clean migration through the relay completed"):

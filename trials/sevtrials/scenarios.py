@@ -1,4 +1,5 @@
 """The trial scenarios. Each returns a Result with pass/fail checks and numbers."""
+import json
 import os
 import re
 import signal
@@ -409,10 +410,32 @@ CORRUPT_EXPECT = {
 }
 
 
+def relay_migration(ctx, r, src, dst, mode):
+    """src -> the corrupting relay on host B (mode) -> dst, without pause-before-switchover;
+    the record is appended to r.migrations. Returns (record, the relay's events)."""
+    ctx.port += 2
+    lport, dport = ctx.port - 1, ctx.port
+    rlog = os.path.join(ctx.workdir, f"relay-{mode}-{dst.name}.jsonl")
+    log(f"[corrupt] mode {mode}: {src.name} -> relay {ctx.hosts.ip['B']}:{lport} -> {dst.name} 127.0.0.1:{dport}",
+        always=True)
+    relay = ctx.start_relay("B", f"{ctx.hosts.ip['B']}:{lport}", f"127.0.0.1:{dport}", mode, rlog)
+    rec = migrate(src, dst, f"tcp:{ctx.hosts.ip['B']}:{lport}", dst_uri=f"tcp:127.0.0.1:{dport}",
+                  label=f"corrupt {mode}", pause=False, bandwidth_mib=ctx.args.bandwidth,
+                  timeout=ctx.args.mig_timeout)
+    rec["relay_mode"] = mode
+    r.migrations.append(rec)
+    try:
+        relay.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.kill(relay.pid, signal.SIGKILL)
+        relay.wait(timeout=10)
+    events = [json.loads(l) for l in open(rlog)] if os.path.exists(rlog) else []
+    return rec, events
+
+
 def corrupt(ctx, modes):
     r = Result("corrupt", f"relay corrupts the sevpeb section ({', '.join(modes)}); destination refuses, "
                           f"source unaffected")
-    import json
     st = {}
     details = []
 
@@ -438,23 +461,7 @@ def corrupt(ctx, modes):
             churn.step()
         churn.detach()
         dst = ctx.boot("B", incoming=True, tag="cs")
-        ctx.port += 2
-        lport, dport = ctx.port - 1, ctx.port
-        rlog = os.path.join(ctx.workdir, f"relay-{mode}-{dst.name}.jsonl")
-        log(f"[corrupt] mode {mode}: {src.name} -> relay {ctx.hosts.ip['B']}:{lport} -> {dst.name} 127.0.0.1:{dport}",
-            always=True)
-        relay = ctx.start_relay("B", f"{ctx.hosts.ip['B']}:{lport}", f"127.0.0.1:{dport}", mode, rlog)
-        rec = migrate(src, dst, f"tcp:{ctx.hosts.ip['B']}:{lport}", dst_uri=f"tcp:127.0.0.1:{dport}",
-                      label=f"corrupt {mode}", pause=False, bandwidth_mib=ctx.args.bandwidth,
-                      timeout=ctx.args.mig_timeout)
-        rec["relay_mode"] = mode
-        r.migrations.append(rec)
-        try:
-            relay.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(relay.pid, signal.SIGKILL)
-            relay.wait(timeout=10)
-        events = [json.loads(l) for l in open(rlog)] if os.path.exists(rlog) else []
+        rec, events = relay_migration(ctx, r, src, dst, mode)
         secs = [e for e in events if e["ev"] == "section"]
         hits = [e for e in events if e["ev"] in ("corrupt", "truncate")]
         r.check(f"{mode}: relay found the sevpeb section in the stream",
