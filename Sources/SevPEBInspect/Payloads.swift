@@ -122,7 +122,7 @@ public struct EncodedPayloads {
 /// What QEMU would carry for a migration with nothing changing: the START
 /// payload (save_setup) then the END payload (save_live_complete_precopy).
 public func encodePayloads(_ t: Tracker) throws(SevError) -> EncodedPayloads {
-    let s = try SaveSession.create()
+    var s = try SaveSession.create()
     defer { s.cleanup() }
     var a = ArraySink(), b = ArraySink()
     try s.setup(t, &a)
@@ -179,8 +179,25 @@ public struct RecordEvent: Equatable {
 
 /// The outcome of reading a payload file: the records seen, where each
 /// payload lay, and either the committed tracker or the error.
+/// A tracker owned by a Swift object and destroyed with it: the tools keep
+/// their trackers in these (a `Tracker` is a handle the C ABI destroys
+/// explicitly).
+public final class OwnedTracker {
+    public let tracker: Tracker
+    public init(_ t: Tracker) { tracker = t }
+    public static func create() throws(SevError) -> OwnedTracker { OwnedTracker(try Tracker.create()) }
+    deinit { tracker.destroy() }
+}
+
+/// A load session held by a Swift object (for parsers that keep one across calls).
+final class LoadSessionBox {
+    var session: LoadSession
+    init(_ s: consuming LoadSession) { session = s }
+}
+
 public struct DecodeResult {
-    public var tracker: Tracker
+    let owner: OwnedTracker
+    public var tracker: Tracker { owner.tracker }
     /// (file offset, length) of each payload read completely.
     public var payloads: [(offset: Int, bytes: Int)] = []
     public var records: [RecordEvent] = []
@@ -195,15 +212,16 @@ public struct DecodeResult {
 /// the error, if any, is in the result together with everything read before.
 /// With `stopAtCommit` false, bytes after the committing payload are an error.
 public func decodePayloads(_ bytes: [UInt8], from: Int = 0, recordEvents: Bool = true) -> DecodeResult {
-    let t: Tracker
-    let l: LoadSession
+    let owner: OwnedTracker
+    var l: LoadSession
     do throws(SevError) {
-        t = try Tracker.create()
+        owner = try OwnedTracker.create()
         l = try LoadSession.create(layoutFromStream: true)
     } catch {
         fatalError("sevpeb: out of memory: \(error.message)")
     }
-    var r = DecodeResult(tracker: t)
+    let t = owner.tracker
+    var r = DecodeResult(owner: owner)
     l.setup()
     var start = from
     var events: [RecordEvent] = []

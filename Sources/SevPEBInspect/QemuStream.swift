@@ -102,7 +102,8 @@ public struct StreamReport {
     public var ramPages = 0
     public var ramZeroPages = 0
     /// Our sections: the state once committed; bytes per START/PART/END.
-    public var ours: Tracker? = nil
+    var oursOwner: OwnedTracker? = nil
+    public var ours: Tracker? { oursOwner?.tracker }
     public var ourBytes: [UInt8: Int] = [:]
     public var ourCounts: [UInt8: Int] = [:]
     public var ourCommitted = false
@@ -122,8 +123,8 @@ public final class QemuStreamParser {
     var ramBlockLengths: [String: UInt64] = [:]
     var lastRamBlock: String? = nil
     var ignoreShared = false
-    var load: LoadSession? = nil
-    var ourTracker: Tracker? = nil
+    var load: LoadSessionBox? = nil
+    var ourTracker: OwnedTracker? = nil
     var ourEndSeen = false
 
     public init(_ bytes: [UInt8]) { b = bytes }
@@ -300,23 +301,24 @@ public final class QemuStreamParser {
         if t == QemuVM.sectionStart {
             if load != nil { throw InspectError("offset \(at): second \(Wire.idstr) START section") }
             do throws(SevError) {
-                let l = try LoadSession.create(layoutFromStream: true)
+                var l = try LoadSession.create(layoutFromStream: true)
                 l.setup()
-                load = l
-                ourTracker = try Tracker.create()
+                load = LoadSessionBox(l)
+                ourTracker = try OwnedTracker.create()
             } catch { throw InspectError("offset \(at): \(describe(error))") }
         }
-        guard let l = load, let tr = ourTracker else {
+        guard let l = load, let owner = ourTracker else {
             throw InspectError("offset \(at): \(Wire.idstr) \(name) section before its START")
         }
         var final: (UInt64, UInt64, UInt64)? = nil
-        l.observer = { _, _, rec in if case let .final(d, p, sh) = rec { final = (d, p, sh) } }
-        defer { l.observer = nil }
+        let tr = owner.tracker
+        l.session.observer = { _, _, rec in if case let .final(d, p, sh) = rec { final = (d, p, sh) } }
+        defer { l.session.observer = nil }
         let start = pos
         var src = ArraySource(b, offset: pos)
         let committed: Bool
         do throws(SevError) {
-            committed = try l.load(tr, &src, version: version)
+            committed = try l.session.load(tr, &src, version: version)
         } catch {
             if let f = final { report.ourFinal = (f.0, f.1, f.2) }
             throw InspectError("offset \(at): \(Wire.idstr) \(name) section payload at offset \(start): \(describe(error))")
@@ -331,7 +333,7 @@ public final class QemuStreamParser {
             }
             ourEndSeen = true
             report.ourCommitted = true
-            report.ours = tr
+            report.oursOwner = owner
         } else if committed {
             throw InspectError("offset \(at): \(Wire.idstr) \(name) section carries FINAL (expected only in END)")
         }

@@ -292,7 +292,7 @@ func inspect(_ bytes: [UInt8]) -> (QemuStreamParser, InspectError?) {
             var w = StreamBuilder()
             w.u8(0x01); w.be32(0x5356_5042); w.be16(2); w.u8(12); w.u8(0)   // HEADER "SVPB" v2
             w.u8(0x02); w.be32(1); w.be64(0); w.be64(pages)                   // LAYOUT: one slot
-            let l = try LoadSession.create(layoutFromStream: true)
+            var l = try LoadSession.create(layoutFromStream: true)
             l.setup()
             let live = try Tracker.create()
             var src = ArraySource(w.b)

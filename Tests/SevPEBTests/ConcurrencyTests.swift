@@ -13,7 +13,7 @@ import SevPEBTestSupport
         try src.addSlot(base: 0, pages: 1 << 20)
         try src.addSlot(base: 1 << 21, pages: 1 << 18)
         let dst = try sameLayout(src)
-        let s = try SaveSession.create(), l = try LoadSession.create()
+        var s = try SaveSession.create(), l = try LoadSession.create()
         let ch = Channel()
         try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(src, &k) }
         let group = DispatchGroup()
@@ -47,7 +47,7 @@ import SevPEBTestSupport
         group.wait()
         try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(src, &k) }   // "VM stopped"
         l.setup()
-        let r = try ch.load(into: dst, l)
+        let r = try ch.load(into: dst, &l)
         #expect(r.last == true)
         #expect(dst.digest() == src.digest())
         #expect(dst.totals() == src.totals())

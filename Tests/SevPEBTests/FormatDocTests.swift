@@ -15,7 +15,7 @@ enum Vectors {
     /// Each payload of a stream, one record per line: offset, record name,
     /// then its bytes. Decoded in one session, as a destination would.
     static func annotate(_ payloads: [[UInt8]]) throws(SevError) -> [String] {
-        let l = try LoadSession.create(layoutFromStream: true)
+        var l = try LoadSession.create(layoutFromStream: true)
         var starts: [[(Int, String)]] = Array(repeating: [], count: payloads.count)
         l.observer = { p, at, r in starts[p].append((at, "\(r.record.name)")) }
         l.setup()
@@ -53,7 +53,7 @@ enum Vectors {
             let t = try Tracker.create()
             try t.addSlot(base: 0, pages: 256)
             try t.setRange(0x10, 4, private: false)
-            let s = try SaveSession.create()
+            var s = try SaveSession.create()
             let ch = Channel()
             try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(t, &k) }
             try ch.save { (k: inout ArraySink) throws(SevError) in try s.complete(t, &k) }
@@ -70,7 +70,7 @@ enum Vectors {
             try t.setRange(0x4000, 0x4000, private: false)
             var b: [UInt8] = (0..<25).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
             try t.setBitmap(0x100000, 200, &b, b.count)
-            let s = try SaveSession.create()
+            var s = try SaveSession.create()
             let ch = Channel()
             try ch.save { (k: inout ArraySink) throws(SevError) in try s.setup(t, &k) }
             try t.setRange(0x4000, 1, private: true)
@@ -109,7 +109,7 @@ enum Vectors {
     @Test func vectorsDecode() throws {
         for (title, ps) in try Vectors.all() {
             let t = try Tracker.create()
-            let l = try LoadSession.create(layoutFromStream: true)
+            var l = try LoadSession.create(layoutFromStream: true)
             l.setup()
             var committed = false
             for p in ps { var s = ArraySource(p); committed = try l.load(t, &s, version: 1) }

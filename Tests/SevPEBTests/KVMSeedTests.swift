@@ -11,11 +11,15 @@ import SevPEBTestSupport
 /// v6 / v8 kernel models through the real ioctl entry point in
 /// Tests/c/kvm_test.c.
 @Suite struct KVMSeedTests {
-    @Test func stretchesJoinTouchingSlots() {
-        let s = stretches([.init(base: 0, pages: 10), .init(base: 10, pages: 5), .init(base: 20, pages: 1)])
-        #expect(s.map { [$0.0, $0.1] } == [[0, 15], [20, 21]])
-        #expect(layoutEnd([.init(base: 0, pages: 10), .init(base: 100, pages: 5)]) == 105)
-        #expect(stretches([]).isEmpty && layoutEnd([]) == 0)
+    @Test func stretchesJoinTouchingSlots() throws {
+        let t = try Tracker.create()
+        #expect(try t.stretches().count == 0 && t.layoutEnd == 0)
+        try t.setLayout([.init(base: 0, pages: 10), .init(base: 10, pages: 5), .init(base: 20, pages: 1)])
+        let s = try t.stretches()
+        #expect((0..<s.count).map { [s[$0].0, s[$0].1] } == [[0, 15], [20, 21]])
+        #expect(t.layoutEnd == 21)
+        try t.setLayout([.init(base: 0, pages: 10), .init(base: 100, pages: 5)])
+        #expect(t.layoutEnd == 105)
     }
 
     /// The seed numbers go out only on a VM bound with that dialect: on a

@@ -49,7 +49,7 @@ import SevPEBTestSupport
         var h: OpaquePointer? = nil
         #expect(sevpeb_tracker_create(0, &h) == 0)
         defer { sevpeb_tracker_destroy(h) }
-        let a = Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(h!)).takeUnretainedValue().tracker
+        let a = UnsafeMutablePointer<Handle>(h!).pointee.tracker
         let b = try Tracker.create()
         var current: [Tracker.Slot] = []
         let callsA = Calls(), callsB = Calls()

@@ -78,7 +78,7 @@ import SevPEBTestSupport
 
         let live = try Tracker.create()
         try live.applyLayout(layout)
-        let d = try LoadSession.create()
+        var d = try LoadSession.create()
         d.setup()
         var src1 = ArraySource(p1)
         #expect(try d.load(live, &src1, version: Wire.sectionVersion) == false)

@@ -30,7 +30,7 @@ import SevPEBTestSupport
         let src = try Tracker.create(), dst = try Tracker.create()
         try src.addSlot(base: 0, pages: 40 * 16384)
         try dst.addSlot(base: 0, pages: 40 * 16384)
-        let ss = try SaveSession.create(), ls = try LoadSession.create()
+        var ss = try SaveSession.create(), ls = try LoadSession.create()
         ls.setup()
         let start = HookBox()
         var hk1 = HookSink(sink: start); try ss.setup(src, &hk1)
@@ -74,7 +74,7 @@ import SevPEBTestSupport
         try t.setRange(5, 3, private: false)
         try t.setRange(5, 3, private: true)     // block of all ones, still mixed
         _ = t.digest()                          // caches the block's hash
-        let ss = try SaveSession.create()
+        var ss = try SaveSession.create()
         var hk4 = HookSink(sink: HookBox()); try ss.setup(t, &hk4)
         var hk5 = HookSink(sink: HookBox()); _ = try ss.iterate(t, &hk5, budget: 0)
         #expect(t.checkInvariants() == nil)

@@ -14,7 +14,7 @@ final class Channel {
         payloads.append(sink.bytes)
     }
     /// Load every payload in order; returns the load results.
-    func load(into t: Tracker, _ l: LoadSession) throws(SevError) -> [Bool] {
+    func load(into t: Tracker, _ l: inout LoadSession) throws(SevError) -> [Bool] {
         var r: [Bool] = []
         for p in payloads {
             var src = ArraySource(p)

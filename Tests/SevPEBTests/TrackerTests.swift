@@ -182,6 +182,45 @@ import SevPEBTestSupport
         t.setCallback(nil, nil)
     }
 
+    /// A reset reports each slot that had shared pages once, in ascending
+    /// order, from marks in the slot table (no list is allocated); the
+    /// marks are cleared, so a second reset, or one made while no callback
+    /// was set, reports nothing stale.
+    @Test func resetReportsEachChangedSlotOnce() throws {
+        let t = try Tracker.create()
+        defer { t.destroy() }
+        try t.setLayout([.init(base: 0, pages: 100), .init(base: 200, pages: 100), .init(base: 400, pages: 100)])
+        final class Box { var calls: [[UInt64]] = [] }
+        let box = Box()
+        let cb: ChangeCallback = { op, g, n, s in
+            Unmanaged<Box>.fromOpaque(op!).takeUnretainedValue().calls.append([g, n, UInt64(bitPattern: Int64(s))])
+        }
+        t.setCallback(cb, Unmanaged.passUnretained(box).toOpaque())
+        try t.setRange(450, 3, private: false)
+        try t.setRange(10, 1, private: false)
+        box.calls.removeAll()
+        t.reset()
+        #expect(box.calls == [[0, 100, 1], [400, 100, 1]])
+        #expect(t.totals().shared == 0 && t.checkInvariants() == nil)
+        box.calls.removeAll()
+        t.reset()
+        #expect(box.calls.isEmpty)
+        // Only the slot changed since: the first reset's marks are gone.
+        try t.setRange(250, 2, private: false)
+        box.calls.removeAll()
+        t.reset()
+        #expect(box.calls == [[200, 100, 1]])
+        // Reset with no callback set, then with one: nothing left over.
+        try t.setRange(210, 1, private: false)
+        t.setCallback(nil, nil)
+        t.reset()
+        t.setCallback(cb, Unmanaged.passUnretained(box).toOpaque())
+        box.calls.removeAll()
+        t.reset()
+        #expect(box.calls.isEmpty && t.totals().shared == 0)
+        t.setCallback(nil, nil)
+    }
+
     /// The header promises a call "after every update that changed at least
     /// one page". A shrink that cuts a chunk's shared pages leaves a block
     /// whose surviving pages are all private: a whole-chunk update to private

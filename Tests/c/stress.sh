@@ -39,7 +39,7 @@ clang -O1 -g -fsanitize=thread -I "$T/src/CSevPEBShims/include" -c "$T/src/CSevP
 clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/hash.c" -o "$T/hash.o" &&
 clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/bits.c" -o "$T/bits.o" &&
 clang -std=gnu11 -O1 -g -fsanitize=thread -I include -c Tests/c/stress.c -o "$T/stress.o" &&
-swiftc -parse-as-library -module-name SevPEB -O -g -sanitize=thread \
+swiftc -parse-as-library -module-name SevPEB -package-name sevpeb -O -g -sanitize=thread \
     -I "$T/src/CSevPEBShims/include" -I "$T/src/CSevPEBHash/include" -I "$T/src/CSevPEB/include" "${lib[@]}" \
     "$T/shims.o" "$T/hash.o" "$T/bits.o" "$T/stress.o" \
     -o "$T/stress-tsan" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2) &&

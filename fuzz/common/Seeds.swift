@@ -44,7 +44,9 @@ enum Seeds {
         var out: [(String, [UInt8])] = []
         for k in 0..<OpDriver.layouts.count {
             for variant in 0..<3 {
-                guard let t = try? Tracker.create(), let ss = try? SaveSession.create() else { continue }
+                guard let t = try? Tracker.create() else { continue }
+                defer { t.destroy() }
+                guard var ss = try? SaveSession.create() else { continue }
                 for (b, p) in OpDriver.layouts[k] { try? t.addSlot(base: b, pages: p) }
                 var rng = SplitMix(state: UInt64(k * 10 + variant))
                 func scramble(_ count: Int) {

@@ -17,7 +17,7 @@ enum Stream {
     static func encodeFull(_ t: Tracker) -> [UInt8] {
         var sink = FuzzSink()
         do throws(SevError) {
-            let s = try SaveSession.create()
+            var s = try SaveSession.create()
             try s.setup(t, &sink)
             try s.complete(t, &sink)
             s.cleanup()
@@ -27,7 +27,7 @@ enum Stream {
 
     /// Load payloads from `bytes` into `t` until commit, error or the end.
     /// Returns (committed, error, payloads read).
-    static func decode(_ t: Tracker, _ ls: LoadSession, _ bytes: [UInt8], maxPayloads: Int = 64) -> (Bool, SevError?, Int) {
+    static func decode(_ t: Tracker, _ ls: inout LoadSession, _ bytes: [UInt8], maxPayloads: Int = 64) -> (Bool, SevError?, Int) {
         var src = ArraySource(bytes)
         var n = 0
         while n < maxPayloads && src.offset < bytes.count {

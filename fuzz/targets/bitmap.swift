@@ -8,6 +8,7 @@ public func fuzzBitmap(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var inp = FuzzInput(data, size)
     let t: Tracker
     do throws(SevError) { t = try Tracker.create() } catch { return 0 }
+    defer { t.destroy() }
     var d = OpDriver(t)
     d.applyLayout(inp.pick(OpDriver.layouts.count))
     d.run(&inp, [.setBitmap, .setBitmap, .setBitmap, .getBitmap, .getBitmap, .getBitmap,

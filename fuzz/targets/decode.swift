@@ -14,8 +14,10 @@ let fuzzTarget = "decode"
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzDecode(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var inp = FuzzInput(data, size)
-    let dst: Tracker, ls: LoadSession
-    do throws(SevError) { dst = try Tracker.create(); ls = try LoadSession.create() } catch { return 0 }
+    guard let dst = try? Tracker.create() else { return 0 }
+    defer { dst.destroy() }
+    var ls: LoadSession
+    do throws(SevError) { ls = try LoadSession.create() } catch { return 0 }
     // The layout straight into the tracker (no per-page model: the layout
     // target checks addSlot; a 2^20-page model cost a 1 MiB memset per input).
     let layout = OpDriver.layouts[inp.pick(OpDriver.layouts.count)]
@@ -36,7 +38,7 @@ public func fuzzDecode(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let before = RawState(dst)
     let stream = inp.rest()
     ls.setup()
-    let (committed, error, _) = Stream.decode(dst, ls, stream)
+    let (committed, error, _) = Stream.decode(dst, &ls, stream)
     if !committed {
         if RawState(dst) != before { fuzzFail("decode without commit (\(error?.message ?? "stream ended")) changed the destination") }
         if let v = dst.fuzzInvariantViolation() { fuzzFail("after a failed decode: \(v)") }
@@ -54,13 +56,15 @@ public func fuzzDecode(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     if dst.pendingChunks != 0 { fuzzFail("committed state has \(dst.pendingChunks) dirty chunks") }
     // decode(encode(state)) == state, into a fresh tracker with the same layout.
     let state = RawState(dst)
-    let again: Tracker, ls2: LoadSession
-    do throws(SevError) { again = try Tracker.create(); ls2 = try LoadSession.create() } catch { return 0 }
+    guard let again = try? Tracker.create() else { return 0 }
+    defer { again.destroy() }
+    var ls2: LoadSession
+    do throws(SevError) { ls2 = try LoadSession.create() } catch { return 0 }
     for s in state.slots {
         do throws(SevError) { try again.addSlot(base: s.base, pages: s.pages) } catch { fuzzFail("re-add: \(error.message)") }
     }
     ls2.setup()
-    let (ok, e2, _) = Stream.decode(again, ls2, Stream.encodeFull(dst))
+    let (ok, e2, _) = Stream.decode(again, &ls2, Stream.encodeFull(dst))
     if !ok { fuzzFail("re-encoded committed state does not decode: \(e2?.message ?? "no commit")") }
     if RawState(again) != state { fuzzFail("decode(encode(committed state)) differs from it") }
     if let v = again.fuzzInvariantViolation() { fuzzFail("after re-decode: \(v)") }

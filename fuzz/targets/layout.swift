@@ -7,6 +7,7 @@ public func fuzzLayout(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var inp = FuzzInput(data, size)
     let t: Tracker
     do throws(SevError) { t = try Tracker.create() } catch { return 0 }
+    defer { t.destroy() }
     var d = OpDriver(t)
     d.run(&inp, [.addSlot, .addSlot, .addSlot, .removeSlot, .resizeSlot, .resizeSlot, .resizeSlot,
                  .setRange, .setRange, .setBitmap, .reset, .digest, .nextRun, .countShared, .test])

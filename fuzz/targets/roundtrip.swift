@@ -11,11 +11,14 @@ let fuzzTarget = "roundtrip"
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzRoundtrip(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var inp = FuzzInput(data, size)
-    let src: Tracker, dst: Tracker, ss: SaveSession, ls: LoadSession
-    do throws(SevError) {
-        src = try Tracker.create(); dst = try Tracker.create()
-        ss = try SaveSession.create(); ls = try LoadSession.create()
-    } catch { return 0 }
+    guard let src = try? Tracker.create() else { return 0 }
+    defer { src.destroy() }
+    guard let dst = try? Tracker.create() else { return 0 }
+    defer { dst.destroy() }
+    var ss: SaveSession
+    do throws(SevError) { ss = try SaveSession.create() } catch { return 0 }
+    var ls: LoadSession
+    do throws(SevError) { ls = try LoadSession.create() } catch { return 0 }
     var d = OpDriver(src)
     d.m.pageBudget = 2 << 20
     let flags = inp.u8()

@@ -24,6 +24,7 @@ public func fuzzSetLayout(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var inp = FuzzInput(data, size)
     let a: Tracker, b: Tracker
     do throws(SevError) { a = try Tracker.create(); b = try Tracker.create() } catch { return 0 }
+    defer { a.destroy(); b.destroy() }
     let limit: UInt64 = 1 << 18
     var rounds = 0
     while !inp.isEmpty && rounds < 24 {

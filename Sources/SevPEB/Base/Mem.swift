@@ -16,22 +16,40 @@ enum Mem {
         if let p = unsafe p { unsafe CSevPEBShims.free(UnsafeMutableRawPointer(p)) }
     }
     static func bytes<T>(_ count: Int, _ type: T.Type) -> Int { count &* MemoryLayout<T>.stride }
+
+    /// `v` moved into a fresh allocation, or nil (and `v` dropped) when out
+    /// of memory: the library's objects live here instead of in Swift class
+    /// instances, whose allocation traps when malloc fails.
+    // SAFETY: the allocation is fresh, sized and aligned for one T (calloc aligns to 16); v is moved in exactly once.
+    static func create<T: ~Copyable>(_ v: consuming T) -> UnsafeMutablePointer<T>? {
+        guard MemoryLayout<T>.alignment <= 16, let raw = unsafe CSevPEBShims.calloc(1, MemoryLayout<T>.stride) else { return nil }
+        let p = unsafe raw.bindMemory(to: T.self, capacity: 1)
+        unsafe p.initialize(to: v)
+        return unsafe p
+    }
+
+    /// Deinitialize (running its deinit) and free a value from `create`.
+    // SAFETY: p came from create and is not used after this call.
+    static func destroy<T: ~Copyable>(_ p: UnsafeMutablePointer<T>) {
+        unsafe p.deinitialize(count: 1)
+        unsafe CSevPEBShims.free(UnsafeMutableRawPointer(p))
+    }
 }
 
 /// A growable list of trivial values in `Mem` memory: `append` reports an
 /// allocation failure (false) instead of trapping as a Swift array would.
 /// Owned by value; freed with its owner.
-@safe struct MemList<T>: ~Copyable {
+@safe package struct MemList<T>: ~Copyable {
     // SAFETY: nil or a Mem allocation of `cap` T, the first `count` initialized (T is trivial); freed in deinit only.
     private var base: UnsafeMutablePointer<T>? = nil
-    private(set) var count = 0
+    package private(set) var count = 0
     private var cap = 0
 
-    init() {}
+    package init() {}
     deinit { unsafe Mem.free(base) }
 
     /// Make room for `n` values in all; false when out of memory.
-    mutating func reserve(_ n: Int) -> Bool {
+    package mutating func reserve(_ n: Int) -> Bool {
         if n <= cap { return true }
         guard let nb = unsafe Mem.calloc(n, T.self) else { return false }
         // SAFETY: nb holds n >= count values; the old buffer's first count are initialized and trivial.
@@ -42,7 +60,7 @@ enum Mem {
     }
 
     /// Append `v`; false (and nothing appended) when out of memory.
-    mutating func append(_ v: T) -> Bool {
+    package mutating func append(_ v: T) -> Bool {
         if count == cap && !reserve(cap < 8 ? 8 : cap &* 2) { return false }
         guard let b = unsafe base else { return false }
         // SAFETY: count < cap after reserve, so the slot lies in the allocation.
@@ -53,12 +71,12 @@ enum Mem {
 
     /// The values as a buffer, for the time of `body`.
     // SAFETY: the first count values of base are initialized; the view is valid for body only.
-    func withBuffer<R, E: Error>(_ body: (UnsafeBufferPointer<T>) throws(E) -> R) throws(E) -> R {
+    package func withBuffer<R, E: Error>(_ body: (UnsafeBufferPointer<T>) throws(E) -> R) throws(E) -> R {
         unsafe try body(UnsafeBufferPointer(start: base, count: count))
     }
 
     /// Value `i` (0 ..< count).
-    subscript(i: Int) -> T {
+    package subscript(i: Int) -> T {
         // SAFETY: callers index below count, so base is non-nil and the value initialized.
         unsafe base.unsafelyUnwrapped[i]
     }

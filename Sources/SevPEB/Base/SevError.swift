@@ -20,7 +20,10 @@ public struct SevError: Error {
 
     static func invalid(_ m: String) -> SevError { SevError(EINVAL, m) }
     static func outOfRange(_ m: String) -> SevError { SevError(ERANGE, m) }
-    static func noMemory(_ what: String) -> SevError { SevError(ENOMEM, "out of memory allocating \(what)") }
+    /// Out of memory. `message` must be a string literal (immortal: no
+    /// allocation), so that reporting the failure cannot itself allocate;
+    /// callers that add context to errors pass ENOMEM through unchanged.
+    static func noMemory(_ message: String) -> SevError { SevError(ENOMEM, message) }
 }
 
 /// Hex text for messages: "0x1f". (The one `hex`: the library, the tool

@@ -12,8 +12,8 @@ public func sevpeb_count_differences(_ a: OpaquePointer?, _ b: OpaquePointer?, _
         setLastError(SevError(EINVAL, "second tracker handle is NULL"))
         return -EINVAL
     }
-    return unsafe withHandle(a, Int32(-EINVAL)) { (ha: Handle) -> Int32 in
-        unsafe withHandle(b, Int32(-EINVAL)) { (hb: Handle) -> Int32 in
+    return unsafe withHandle(a, Int32(-EINVAL)) { (ha: borrowing Handle) -> Int32 in
+        unsafe withHandle(b, Int32(-EINVAL)) { (hb: borrowing Handle) -> Int32 in
             cCall { () throws(SevError) -> Int32 in
                 guard let count = unsafe count else { throw SevError(EINVAL, "count pointer is NULL") }
                 if maxGfns < 0 { throw SevError(EINVAL, "max_gfns \(maxGfns) too large") }

@@ -25,23 +25,22 @@ public func sevpeb_last_error() -> UnsafePointer<CChar>! {
     unsafe UnsafePointer(spbshim_errbuf())
 }
 
-// SAFETY: out is checked for NULL; the handle is a retained Handle, released by sevpeb_tracker_destroy only.
+// SAFETY: out is checked for NULL; the handle is a Mem.create allocation, destroyed by sevpeb_tracker_destroy only.
 @c @implementation
 public func sevpeb_tracker_create(_ flags: UInt32, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> Int32 {
     cCall { () throws(SevError) -> Int32 in
         guard let out = unsafe out else { throw SevError(EINVAL, "out pointer is NULL") }
         if flags != 0 { throw SevError(EINVAL, "flags \(hex(UInt64(flags))): must be 0") }
-        let h = try Handle.create()
-        unsafe out.pointee = unsafe OpaquePointer(Unmanaged.passRetained(h).toOpaque())
+        unsafe out.pointee = unsafe OpaquePointer(try Handle.create())
         return 0
     }
 }
 
-// SAFETY: t is a handle from sevpeb_tracker_create (NULL is ignored); this releases the reference create retained.
+// SAFETY: t is a handle from sevpeb_tracker_create (NULL is ignored), not used after this call (header).
 @c @implementation
 public func sevpeb_tracker_destroy(_ t: OpaquePointer?) {
     guard let t = unsafe t else { return }
-    unsafe Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(t)).release()
+    unsafe Mem.destroy(UnsafeMutablePointer<Handle>(t))
 }
 
 @c @implementation
@@ -239,11 +238,11 @@ public func sevpeb_may_migrate(_ t: OpaquePointer?) -> Int32 {
 // SAFETY: opaque is the caller's value, handed back to its write callback, never dereferenced here.
 @c @implementation
 public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
-    unsafe withHandle(t, -EINVAL) { h in
+    unsafe withSave(t, -EINVAL) { tracker, save in
         cCall { () throws(SevError) -> Int32 in
             guard let write = unsafe write else { throw SevError(EINVAL, "write callback is NULL") }
             var w = unsafe CWriter(fn: write, opaque: opaque)
-            try h.save.setup(h.tracker, &w)
+            try save.setup(tracker, &w)
             return 0
         }
     }
@@ -253,11 +252,11 @@ public func sevpeb_save_setup(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ 
 @c @implementation
 public func sevpeb_save_iterate(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?,
                                 _ maxBytes: UInt64) -> Int32 {
-    unsafe withHandle(t, -EINVAL) { h in
+    unsafe withSave(t, -EINVAL) { tracker, save in
         cCall { () throws(SevError) -> Int32 in
             guard let write = unsafe write else { throw SevError(EINVAL, "write callback is NULL") }
             var w = unsafe CWriter(fn: write, opaque: opaque)
-            return try h.save.iterate(h.tracker, &w, budget: maxBytes) ? 1 : 0
+            return try save.iterate(tracker, &w, budget: maxBytes) ? 1 : 0
         }
     }
 }
@@ -270,11 +269,11 @@ public func sevpeb_save_pending(_ t: OpaquePointer?) -> UInt64 {
 // SAFETY: opaque is the caller's value, handed back to its write callback, never dereferenced here.
 @c @implementation
 public func sevpeb_save_complete(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, _ opaque: UnsafeMutableRawPointer?) -> Int32 {
-    unsafe withHandle(t, -EINVAL) { h in
+    unsafe withSave(t, -EINVAL) { tracker, save in
         cCall { () throws(SevError) -> Int32 in
             guard let write = unsafe write else { throw SevError(EINVAL, "write callback is NULL") }
             var w = unsafe CWriter(fn: write, opaque: opaque)
-            try h.save.complete(h.tracker, &w)
+            try save.complete(tracker, &w)
             return 0
         }
     }
@@ -282,7 +281,7 @@ public func sevpeb_save_complete(_ t: OpaquePointer?, _ write: sevpeb_write_fn?,
 
 @c @implementation
 public func sevpeb_save_cleanup(_ t: OpaquePointer?) {
-    unsafe withHandle(t, ()) { h in h.save.cleanup() }
+    unsafe withSave(t, ()) { _, save in save.cleanup() }
 }
 
 // SAFETY: st is checked for NULL and written once.
@@ -311,23 +310,23 @@ public func sevpeb_save_get_stats(_ t: OpaquePointer?, _ st: UnsafeMutablePointe
 
 @c @implementation
 public func sevpeb_load_setup(_ t: OpaquePointer?) -> Int32 {
-    unsafe withHandle(t, -EINVAL) { h in h.load.setup(); return 0 }
+    unsafe withLoad(t, -EINVAL) { _, load in load.setup(); return 0 }
 }
 
 // SAFETY: opaque is the caller's value, handed back to its read callback, never dereferenced here.
 @c @implementation
 public func sevpeb_load_state(_ t: OpaquePointer?, _ read: sevpeb_read_fn?, _ opaque: UnsafeMutableRawPointer?,
                               _ version: UInt32) -> Int32 {
-    unsafe withHandle(t, -EINVAL) { h in
+    unsafe withLoad(t, -EINVAL) { tracker, load in
         cCall { () throws(SevError) -> Int32 in
             guard let read = unsafe read else { throw SevError(EINVAL, "read callback is NULL") }
             var r = unsafe CReader(fn: read, opaque: opaque)
-            return try h.load.load(h.tracker, &r, version: version) ? 1 : 0
+            return try load.load(tracker, &r, version: version) ? 1 : 0
         }
     }
 }
 
 @c @implementation
 public func sevpeb_load_cleanup(_ t: OpaquePointer?) {
-    unsafe withHandle(t, ()) { h in h.load.cleanup() }
+    unsafe withLoad(t, ()) { _, load in load.cleanup() }
 }

@@ -2,29 +2,71 @@ import CSevPEB
 import CSevPEBShims
 
 /// What a `sevpeb_tracker *` points at: the tracker, its two migration
-/// sessions and its KVM binding. Kept alive by an unmanaged retain from
-/// create to destroy.
-final class Handle {
+/// sessions and its KVM binding, in one `Mem` allocation from create to
+/// destroy. No Swift class instance: their allocation traps when malloc
+/// fails, and every allocation of the library must be able to report
+/// ENOMEM instead.
+struct Handle: ~Copyable {
     let tracker: Tracker
-    let save: SaveSession
-    let load: LoadSession
+    var save: SaveSession
+    var load: LoadSession
     let kvm: KVMBinding
-    private init(_ t: Tracker, _ s: SaveSession, _ l: LoadSession, _ k: KVMBinding) {
-        tracker = t; save = s; load = l; kvm = k
-    }
-    static func create() throws(SevError) -> Handle {
-        Handle(try Tracker.create(), try SaveSession.create(), try LoadSession.create(), try KVMBinding.create())
+
+    /// The sessions and the binding free themselves (their deinits); the
+    /// tracker is a handle and is destroyed here.
+    deinit { tracker.destroy() }
+
+    /// A new handle; any allocation's failure is ENOMEM with nothing leaked.
+    // SAFETY: returns a Mem.create allocation owned by the caller until sevpeb_tracker_destroy hands it to Mem.destroy.
+    static func create() throws(SevError) -> UnsafeMutablePointer<Handle> {
+        let t = try Tracker.create()
+        let h: Handle
+        do throws(SevError) {
+            h = Handle(tracker: t, save: try SaveSession.create(), load: try LoadSession.create(), kvm: try KVMBinding.create())
+        } catch {
+            t.destroy()   // the sessions made so far free themselves
+            throw error
+        }
+        // From here h owns t: if this allocation fails, dropping h destroys it.
+        guard let p = unsafe Mem.create(h) else { throw .noMemory("out of memory allocating the tracker handle") }
+        return unsafe p
     }
 }
 
-/// Borrow the handle without retain/release (the caller owns it).
-// SAFETY: h is a handle sevpeb_tracker_create returned (the header makes a bad one undefined behaviour); borrowed without retain for the call, the caller keeps its reference.
-@inline(__always) func withHandle<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Handle) -> R) -> R {
+/// Borrow the handle for the call (the caller owns it; any number of
+/// threads may borrow it at once, as the header's threading rules allow).
+// SAFETY: h is a handle sevpeb_tracker_create returned (the header makes a bad one undefined behaviour), live until sevpeb_tracker_destroy.
+@inline(__always) func withHandle<R>(_ h: OpaquePointer?, _ fail: R, _ body: (borrowing Handle) -> R) -> R {
     guard let h = unsafe h else {
         setLastError(SevError(EINVAL, "tracker handle is NULL"))
         return fail
     }
-    return unsafe Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(h))._withUnsafeGuaranteedRef(body)
+    return unsafe body(UnsafeMutablePointer<Handle>(h).pointee)
+}
+
+/// The tracker and the outgoing session, mutable: only the save_* calls,
+/// which the header allows on one thread at a time (they may overlap the
+/// load_* calls, which reach only the other session).
+// SAFETY: as withHandle; the header serialises the save_* calls on one tracker, so no two threads hold the save session at once.
+@inline(__always) func withSave<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Tracker, inout SaveSession) -> R) -> R {
+    guard let h = unsafe h else {
+        setLastError(SevError(EINVAL, "tracker handle is NULL"))
+        return fail
+    }
+    let p = unsafe UnsafeMutablePointer<Handle>(h)
+    return unsafe body(p.pointee.tracker, &p.pointee.save)
+}
+
+/// The tracker and the incoming session, mutable: only the load_* calls
+/// (one thread at a time, as the header requires).
+// SAFETY: as withHandle; the header serialises the load_* calls on one tracker, so no two threads hold the load session at once.
+@inline(__always) func withLoad<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Tracker, inout LoadSession) -> R) -> R {
+    guard let h = unsafe h else {
+        setLastError(SevError(EINVAL, "tracker handle is NULL"))
+        return fail
+    }
+    let p = unsafe UnsafeMutablePointer<Handle>(h)
+    return unsafe body(p.pointee.tracker, &p.pointee.load)
 }
 
 /// Store `e` as the calling thread's sevpeb_last_error() text.

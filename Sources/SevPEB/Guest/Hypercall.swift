@@ -62,12 +62,12 @@ extension Tracker {
         if v & ~MigrationControl.ready != 0 {
             throw .invalid("MSR_KVM_MIGRATION_CONTROL value \(hex(v)): reserved bits set (only bit 0 is defined)")
         }
-        migrationControlValue.store(v, ordering: .releasing)
+        unsafe core.pointee.migrationControlValue.store(v, ordering: .releasing)
     }
-    public var migrationControl: UInt64 { migrationControlValue.load(ordering: .acquiring) }
+    public var migrationControl: UInt64 { unsafe core.pointee.migrationControlValue.load(ordering: .acquiring) }
 
-    public func setRequireReady(_ on: Bool) { requireReadyFlag.store(on, ordering: .releasing) }
-    public var requireReady: Bool { requireReadyFlag.load(ordering: .acquiring) }
+    public func setRequireReady(_ on: Bool) { unsafe core.pointee.requireReadyFlag.store(on, ordering: .releasing) }
+    public var requireReady: Bool { unsafe core.pointee.requireReadyFlag.load(ordering: .acquiring) }
 
     /// Why an outgoing migration may not start now, or nil if it may.
     public func migrationRefusal() -> SevError? {

@@ -59,14 +59,23 @@ enum SeedDialect {
 /// the status queries read one atomic word (fd, dialect and set-up state
 /// together, so a reader never sees the fd of one binding with the state of
 /// another), so vCPU threads never wait for a sync.
-public final class KVMBinding {
+///
+/// A non-copyable value (no class instance, whose allocation would trap when
+/// out of memory): the C ABI keeps it inside the tracker's handle.
+public struct KVMBinding: ~Copyable {
     private let lock: Lock
     /// 0 = unbound; else bits 0-31 the fd, 32-39 the dialect's raw value,
     /// 40-47 `State`.
     let word = Atomic<UInt64>(0)
     /// v6: the highest GFN end this library has written through SET, so the
     /// kernel's lazily grown bitmap is known to cover at least this.
-    var v6Covered: UInt64 = 0
+    /// (Read and written under the lock; atomic so that the binding's
+    /// methods can share it without `mutating`.)
+    let v6CoveredWord = Atomic<UInt64>(0)
+    var v6Covered: UInt64 {
+        get { v6CoveredWord.load(ordering: .relaxed) }
+        nonmutating set { v6CoveredWord.store(newValue, ordering: .relaxed) }
+    }
 
     struct State: OptionSet {
         let rawValue: UInt32
@@ -81,7 +90,7 @@ public final class KVMBinding {
     /// A binding to nothing. (A factory: Embedded Swift 6.3 leaks objects
     /// whose throwing init fails.)
     public static func create() throws(SevError) -> KVMBinding {
-        guard let m = Lock.make() else { throw .noMemory("KVM binding mutex") }
+        guard let m = Lock.make() else { throw .noMemory("out of memory allocating the KVM binding mutex") }
         return KVMBinding(m)
     }
 

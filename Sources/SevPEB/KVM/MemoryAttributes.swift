@@ -46,7 +46,9 @@ extension KVMBinding {
                 }
                 ioctls &+= 1
             }
-            for (start, end) in stretches(tracker.slotList) {
+            let layout = try tracker.stretches()
+            for i in 0..<layout.count {
+                let (start, end) = layout[i]
                 var cur = start
                 while cur < end {
                     guard let run = tracker.nextSharedRun(from: cur), run.gfn < end else {
@@ -62,18 +64,4 @@ extension KVMBinding {
             return ioctls
         }
     }
-}
-
-/// The layout as maximal stretches [start, end) of slots that touch.
-func stretches(_ slots: [Tracker.Slot]) -> [(UInt64, UInt64)] {
-    var r: [(UInt64, UInt64)] = []
-    for s in slots {
-        let end = s.base &+ s.pages
-        if let last = r.last, last.1 == s.base {
-            r[r.count &- 1].1 = end
-        } else {
-            r.append((s.base, end))
-        }
-    }
-    return r
 }

@@ -156,7 +156,9 @@ extension KVMBinding {
             if unsafe src != nil, UInt64(srcLen) < need {
                 throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))")
             }
-            try writeExact(b.fd, b.seed, tracker, [(gfn, n)]) { (scratch, _, _) throws(SevError) in
+            var range = MemList<(UInt64, UInt64)>()
+            if !range.append((gfn, gfn &+ n)) { throw .noMemory("out of memory allocating a one-range list") }
+            try writeExact(b.fd, b.seed, tracker, range) { (scratch, _, _) throws(SevError) in
                 if let src = unsafe src {
                     _ = unsafe try scratch.setBitmap(gfn, n, src, Int(need))
                 } else {
@@ -185,7 +187,7 @@ extension KVMBinding {
         try locked { () throws(SevError) -> UInt64 in
             switch try requireSeed("kernel bitmap size").seed {
             case .v6: return v6Covered
-            case .v7to9: return layoutEnd(tracker.slotList)
+            case .v7to9: return tracker.layoutEnd
             }
         }
     }
@@ -200,10 +202,12 @@ extension KVMBinding {
         try locked { () throws(SevError) -> Bool in
             let b = try require("sync from the kernel")
             guard let seed = b.dialect.seed else { return false }
-            guard let buf = unsafe Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("sync buffer") }
+            guard let buf = unsafe Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("out of memory allocating the sync buffer") }
             defer { unsafe Mem.free(buf) }
             var changed = false
-            for (start, end) in stretches(tracker.slotList) {
+            let layout = try tracker.stretches()
+            for i in 0..<layout.count {
+                let (start, end) = layout[i]
                 var cs = start
                 while cs < end {
                     let len = min(seedChunkPages, end &- cs)
@@ -223,9 +227,9 @@ extension KVMBinding {
         try locked { () throws(SevError) in
             let b = try require("push to the kernel")
             guard let seed = b.dialect.seed else { return }
-            let ranges = stretches(tracker.slotList).map { ($0.0, $0.1 &- $0.0) }
-            if ranges.isEmpty { return }
-            guard let tmp = unsafe Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("push buffer") }
+            let ranges = try tracker.stretches()
+            if ranges.count == 0 { return }
+            guard let tmp = unsafe Mem.calloc(Int(seedChunkPages >> 3), UInt8.self) else { throw .noMemory("out of memory allocating the push buffer") }
             defer { unsafe Mem.free(tmp) }
             try writeExact(b.fd, seed, tracker, ranges) { (scratch, gfn, n) throws(SevError) in
                 // The tracker's bits into the scratch bitmap, a piece at a time
@@ -265,21 +269,25 @@ extension KVMBinding {
     /// the tracker's public setBitmap / setRange, never by hand).
     typealias Fill = (_ scratch: Tracker, _ gfn: UInt64, _ n: UInt64) throws(SevError) -> Void
 
-    /// Write exact bits for each range.
-    func writeExact(_ fd: VMFD, _ d: SeedDialect, _ tracker: Tracker, _ ranges: [(UInt64, UInt64)],
+    /// Write exact bits for each range [start, end).
+    func writeExact(_ fd: VMFD, _ d: SeedDialect, _ tracker: Tracker, _ ranges: borrowing MemList<(UInt64, UInt64)>,
                     _ fill: Fill) throws(SevError) {
         switch d {
         case .v6:
             try writeV6(fd, tracker, ranges, fill)
         case .v7to9:
-            for (gfn, n) in ranges { try writeV7(fd, gfn, n, fill) }
+            for i in 0..<ranges.count { try writeV7(fd, ranges[i].0, ranges[i].1 &- ranges[i].0, fill) }
         }
     }
 
-    /// A tracker with one slot [base, base + pages), all private.
+    /// A tracker with one slot [base, base + pages), all private; the
+    /// caller destroys it.
     func scratchBitmap(_ base: UInt64, _ pages: UInt64) throws(SevError) -> Tracker {
         let t = try Tracker.create()
-        try t.addSlot(base: base, pages: pages)
+        do throws(SevError) { try t.addSlot(base: base, pages: pages) } catch {
+            t.destroy()
+            throw error
+        }
         return t
     }
 
@@ -290,9 +298,10 @@ extension KVMBinding {
         let a = gfn & ~63
         let z = (end &+ 63) & ~63
         let bufBytes = Int(seedChunkPages >> 3)
-        guard let buf = unsafe Mem.calloc(bufBytes, UInt8.self) else { throw .noMemory("SET buffer") }
+        guard let buf = unsafe Mem.calloc(bufBytes, UInt8.self) else { throw .noMemory("out of memory allocating the SET buffer") }
         defer { unsafe Mem.free(buf) }
         let scratch = try scratchBitmap(a, z &- a)
+        defer { scratch.destroy() }
         var cs = a
         while cs < z {
             let ce = min(cs &+ seedChunkPages, z)
@@ -314,21 +323,22 @@ extension KVMBinding {
 
     /// v6: compose [0, total) from a GET, overlay the new bits; RESET first if
     /// any bit must go 0 -> 1; then one SET from GFN 0 (which only clears).
-    func writeV6(_ fd: VMFD, _ tracker: Tracker, _ ranges: [(UInt64, UInt64)], _ fill: Fill) throws(SevError) {
-        var total = max(layoutEnd(tracker.slotList), v6Covered)
-        for (g, n) in ranges { total = max(total, g &+ n) }
+    func writeV6(_ fd: VMFD, _ tracker: Tracker, _ ranges: borrowing MemList<(UInt64, UInt64)>, _ fill: Fill) throws(SevError) {
+        var total = max(tracker.layoutEnd, v6Covered)
+        for i in 0..<ranges.count { total = max(total, ranges[i].1) }
         // The kernel copies ALIGN(total, 64) / 8 bytes: whole words
         let bytes = Int((total &+ 63) >> 6) &* 8
-        guard let old = unsafe Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
+        guard let old = unsafe Mem.calloc(bytes, UInt8.self) else { throw .noMemory("out of memory allocating the v6 bitmap") }
         defer { unsafe Mem.free(old) }
-        guard let new = unsafe Mem.calloc(bytes, UInt8.self) else { throw .noMemory("v6 bitmap of \(total) pages") }
+        guard let new = unsafe Mem.calloc(bytes, UInt8.self) else { throw .noMemory("out of memory allocating the v6 bitmap") }
         defer { unsafe Mem.free(new) }
         unsafe old.update(repeating: 0xff, count: bytes)
         unsafe try getChunked(fd, .v6, 0, total, old)
         unsafe new.update(from: old, count: bytes)
         let scratch = try scratchBitmap(0, total)
+        defer { scratch.destroy() }
         _ = unsafe try scratch.setBitmap(0, total, old, bytes)
-        for (g, n) in ranges { try fill(scratch, g, n) }
+        for i in 0..<ranges.count { try fill(scratch, ranges[i].0, ranges[i].1 &- ranges[i].0) }
         unsafe try scratch.getBitmap(0, total, new, bytes)
         var needReset = false, differs = false
         for i in 0..<bytes {
@@ -341,11 +351,4 @@ extension KVMBinding {
         unsafe try seedRawSet(fd, .v6, 0, total, UnsafeMutableRawPointer(new))
         v6Covered = max(v6Covered, total)
     }
-}
-
-/// End of the highest slot (0 for no slots).
-func layoutEnd(_ slots: [Tracker.Slot]) -> UInt64 {
-    var e: UInt64 = 0
-    for s in slots { e = max(e, s.base &+ s.pages) }
-    return e
 }

@@ -67,7 +67,7 @@ extension Engine {
             let a = Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1))
             let b = a &+ Int(truncatingIfNeeded: n)
             if needsBlock(s0, c, a, b, value) && !materialize(s0, c) {
-                throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
+                throw .noMemory("out of memory allocating a 2 KiB chunk block")
             }
             any = setChunkRange(s0, c, a, b, value)
         } else {
@@ -76,7 +76,7 @@ extension Engine {
             forEachSegment(gfn, n, s0) { s, c, a, b, _ in
                 if !oom && needsBlock(s, c, a, b, value) && !materialize(s, c) { oom = true }
             }
-            if oom { throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))") }
+            if oom { throw .noMemory("out of memory allocating a 2 KiB chunk block") }
             forEachSegment(gfn, n, s0) { s, c, a, b, _ in
                 if setChunkRange(s, c, a, b, value) { any = true }
             }
@@ -146,7 +146,7 @@ extension Engine {
             if let v = uniformNew, whole || v == u { return }
             if !materialize(s, c) { oom = true }
         }
-        if oom { throw .noMemory("chunk blocks for gfn \(hex(gfn)) + \(n) pages") }
+        if oom { throw .noMemory("out of memory allocating chunk blocks") }
         var any = false
         forEachSegment(gfn, n, s0) { s, c, a, b, off in
             let g = unsafe group(s, c)
@@ -211,9 +211,11 @@ extension Engine {
         return anyOne
     }
 
-    /// Every page of the layout private; appends (base, pages) of each slot
-    /// that had shared pages to `changedSlots`.
-    func reset(_ changedSlots: inout [(UInt64, UInt64)]) {
+    /// Every page of the layout private; with `mark`, flags each slot
+    /// that had shared pages for `takeResetReport`. Returns whether any
+    /// slot was flagged.
+    func reset(mark: Bool) -> Bool {
+        var marked = false
         for s in 0..<slotCount {
             let sl = unsafe slots[s]
             var any = false
@@ -233,7 +235,23 @@ extension Engine {
                     if !wasPrivate { unsafe markChanged(g, bit); any = true }
                 }
             }
-            if any { changedSlots.append((sl.base, sl.pages)) }
+            if any && mark { unsafe slots[s].resetReport = true; marked = true }
         }
+        return marked
+    }
+
+    /// The first slot at or above `from` that a reset flagged: its flag
+    /// cleared, its range returned; nil when none is left.
+    func takeResetReport(from: UInt64) -> (UInt64, UInt64)? {
+        var lo = 0, hi = slotCount
+        while lo < hi {
+            let mid = (lo &+ hi) &>> 1
+            if unsafe slots[mid].base < from { lo = mid &+ 1 } else { hi = mid }
+        }
+        for s in lo..<slotCount where unsafe slots[s].resetReport {
+            unsafe slots[s].resetReport = false
+            return unsafe (slots[s].base, slots[s].pages)
+        }
+        return nil
     }
 }

@@ -12,12 +12,12 @@ extension Engine {
         }
         if slotCount >= Tracker.maxSlots { throw SevError(ENOSPC, "slot table full (\(Tracker.maxSlots) slots)") }
         let ng = Int(truncatingIfNeeded: Geometry.groups(pages))
-        guard let groups = unsafe Mem.calloc(ng, Group.self) else { throw .noMemory("\(ng) groups for slot \(hex(base))") }
+        guard let groups = unsafe Mem.calloc(ng, Group.self) else { throw .noMemory("out of memory allocating the chunk groups of a slot") }
         if slotCount == slotCap {
             let newCap = max(8, slotCap &* 2)
             guard let ns = unsafe Mem.calloc(newCap, SlotRec.self) else {
                 unsafe Mem.free(groups)
-                throw .noMemory("slot table")
+                throw .noMemory("out of memory allocating the slot table")
             }
             unsafe ns.update(from: slots, count: slotCount)
             unsafe Mem.free(slots)
@@ -100,12 +100,12 @@ extension Engine {
             if old.pages & UInt64(Geometry.chunkPages &- 1) != 0,
                let u = unsafe uniformValue(g, boundary & 63), !u,
                !materialize(i, boundary) {
-                throw .noMemory("chunk block for slot \(hex(base)) resize")
+                throw .noMemory("out of memory allocating a chunk block for a slot resize")
             }
         }
         var groups = unsafe old.groups
         if ng != old.groupCount {
-            guard let ngp = unsafe Mem.calloc(ng, Group.self) else { throw .noMemory("\(ng) groups for slot \(hex(base)) resize") }
+            guard let ngp = unsafe Mem.calloc(ng, Group.self) else { throw .noMemory("out of memory allocating the chunk groups of a slot resize") }
             // Free storage of groups that disappear.
             if ng < old.groupCount {
                 for gi in ng..<old.groupCount {

@@ -61,5 +61,8 @@ enum Geometry {
     // SAFETY: a Mem array of groupCount groups, owned by the slot record, freed with the slot.
     var groups: UnsafeMutablePointer<Group>
     var groupCount: Int
+    /// Set by a reset that changed this slot, cleared when the reset
+    /// reports it (Tracker.reset: the reports need no allocation).
+    var resetReport = false
     var end: UInt64 { base &+ pages }
 }

@@ -26,13 +26,13 @@ extension Tracker {
         do throws(SevError) { _ = try other.countShared(gfn, n) } catch {
             throw SevError(error.code, "second tracker: \(error.message)")
         }
-        if other === self { return (0, 0) }
+        if other == self { return (0, 0) }
         let words = Int(Tracker.comparePiece &>> 6)
         // Byte buffers (getBitmap's LSB-first bytes), read back as words with
         // loadUnaligned: no memory is viewed as a type it is not bound to.
-        guard let bufA = unsafe Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
+        guard let bufA = unsafe Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("out of memory allocating the comparison buffer") }
         defer { unsafe Mem.free(bufA) }
-        guard let bufB = unsafe Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("comparison buffer") }
+        guard let bufB = unsafe Mem.calloc(words &* 8, UInt8.self) else { throw .noMemory("out of memory allocating the comparison buffer") }
         defer { unsafe Mem.free(bufB) }
         var count: UInt64 = 0
         var stored = 0

@@ -82,7 +82,7 @@ extension Engine {
         // The old layout, and the shared runs of the slots that go: taken
         // before anything changes.
         var old = MemList<Tracker.Slot>()
-        if !old.reserve(slotCount) { throw .noMemory("a copy of the \(slotCount)-slot layout") }
+        if !old.reserve(slotCount) { throw .noMemory("out of memory allocating a copy of the layout") }
         for s in 0..<slotCount { _ = unsafe old.append(Tracker.Slot(base: slots[s].base, pages: slots[s].pages)) }
         var shared = MemList<(UInt64, UInt64)>()
         var pairs = 0
@@ -92,13 +92,13 @@ extension Engine {
             let end = o.base &+ o.pages
             while let r = nextSharedRun(from: from), r.gfn < end {
                 let e = min(r.gfn &+ r.pages, end)
-                if !shared.append((r.gfn, e)) { throw .noMemory("the shared runs of slot \(hex(o.base))") }
+                if !shared.append((r.gfn, e)) { throw .noMemory("out of memory allocating the shared runs of a removed slot") }
                 for n in new where max(r.gfn, n.base) < min(e, n.base &+ n.pages) { pairs &+= 1 }
                 from = e
             }
         }
         // Room for every range the rule can report, so no report is lost.
-        if !madeShared.reserve(pairs) { throw .noMemory("\(pairs) kept-shared ranges") }
+        if !madeShared.reserve(pairs) { throw .noMemory("out of memory allocating the kept-shared ranges") }
         for k in 0..<old.count where Tracker.find(new, old[k].base) == nil {
             try removeSlot(base: old[k].base)
         }

@@ -38,7 +38,7 @@ extension Engine {
         if prior == true { unsafe setUniform(g, bit, false) }
         if !materialize(s, c) {
             if let p = prior { unsafe setUniform(g, bit, p) }
-            throw .noMemory("a 2 KiB chunk block for gfn \(hex(gfn))")
+            throw .noMemory("out of memory allocating a 2 KiB chunk block")
         }
         let blk = unsafe block(g, bit)
         unsafe try write(blk)

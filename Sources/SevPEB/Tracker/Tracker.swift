@@ -26,64 +26,85 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
 /// (`locked`), and calls the change callback after it is released. Knows
 /// nothing of streams or KVM. See Storage.swift for the storage layout and
 /// its invariants.
-@safe public final class Tracker {
-    private let lock: Lock
-    /// The engine's state; reached only through `locked`.
-    // SAFETY: a Mem allocation made in create(), freed in deinit, reached only through locked().
+///
+/// A handle, not a Swift class: the mutex, the atomics and the engine state
+/// live in `Mem` memory (so making one reports out of memory instead of
+/// trapping, as a class instance's allocation would). Copies share the one
+/// tracker; `destroy()` ends it (the C ABI's sevpeb_tracker_destroy, or the
+/// owner of a scratch tracker).
+@safe public struct Tracker: Equatable {
+    /// The lock and the lock-free words; `state` is reached only through `locked`.
+    struct Core: ~Copyable {
+        let lock: Lock
+        /// Chunks with a dirty bit set (read without the lock for
+        /// estimates); the engine's count, published by `locked` before it
+        /// unlocks.
+        let dirtyChunks = Atomic<Int>(0)
+        let migrationControlValue = Atomic<UInt64>(0)
+        let requireReadyFlag = Atomic<Bool>(false)
+    }
+    // SAFETY: a Mem.create allocation made in create(), destroyed in destroy() (the handle's owner calls it once, after its last use).
+    let core: UnsafeMutablePointer<Core>
+    // SAFETY: a Mem allocation made in create(), freed in destroy(), reached only through locked().
     private let state: UnsafeMutablePointer<EngineState>
-    /// Chunks with a dirty bit set (read without the lock for estimates);
-    /// the engine's count, published by `locked` before it unlocks.
-    let dirtyChunks = Atomic<Int>(0)
-    let migrationControlValue = Atomic<UInt64>(0)
-    let requireReadyFlag = Atomic<Bool>(false)
+
+    /// Whether both handles name the same tracker.
+    public static func == (a: Tracker, b: Tracker) -> Bool { unsafe a.core == b.core }
 
     /// Pages in one chunk (the most one chunk of `takeChunks` covers).
     public static let chunkPages = Geometry.chunkPages
 
-    /// Bytes of the fixed part (this object, its mutex and its engine
-    /// state), for accounting.
-    static let fixedBytes = 128 + Lock.bytes + MemoryLayout<EngineState>.stride
+    /// Bytes of the fixed part (the core, its mutex and the engine state),
+    /// for accounting.
+    static let fixedBytes = MemoryLayout<Core>.stride + Lock.bytes + MemoryLayout<EngineState>.stride
 
-    // SAFETY: state is the initialized EngineState create() just allocated; the tracker owns it from here.
-    private init(lock: consuming Lock, state: UnsafeMutablePointer<EngineState>) {
-        self.lock = lock
+    // SAFETY: core and state are the initialized allocations create() just made; the tracker owns them from here.
+    private init(core: UnsafeMutablePointer<Core>, state: UnsafeMutablePointer<EngineState>) {
+        unsafe self.core = unsafe core
         unsafe self.state = unsafe state
     }
 
-    /// A tracker with no slots. (A factory, not a throwing init: Embedded
-    /// Swift 6.3 leaks objects whose throwing init fails.)
+    /// A tracker with no slots; every allocation's failure is ENOMEM.
     public static func create() throws(SevError) -> Tracker {
-        guard let m = Lock.make() else { throw .noMemory("tracker mutex") }
+        guard let m = Lock.make() else { throw .noMemory("out of memory allocating the tracker mutex") }
+        guard let core = unsafe Mem.create(Core(lock: m)) else { throw .noMemory("out of memory allocating the tracker") }
         let cap = EngineState.initialSlotCap
-        guard let slots = unsafe Mem.calloc(cap, SlotRec.self) else { throw .noMemory("slot table") }
+        guard let slots = unsafe Mem.calloc(cap, SlotRec.self) else {
+            unsafe Mem.destroy(core)
+            throw .noMemory("out of memory allocating the slot table")
+        }
         guard let st = unsafe Mem.calloc(1, EngineState.self) else {
             unsafe Mem.free(slots)
-            throw .noMemory("tracker state")
+            unsafe Mem.destroy(core)
+            throw .noMemory("out of memory allocating the tracker state")
         }
         // SAFETY: st is fresh calloc'd memory for one EngineState (trivial fields).
         unsafe st.initialize(to: EngineState(slots: slots, slotCap: cap, memBytes: Mem.bytes(cap, SlotRec.self)))
-        return unsafe Tracker(lock: m, state: st)
+        return unsafe Tracker(core: core, state: st)
     }
 
-    deinit {
-        let e = unsafe Engine(lockedState: state, LockKey())   // last reference: no one else can lock
+    /// Free the tracker and everything it holds. No other call on it (or on
+    /// any copy of this handle) may run or follow.
+    public func destroy() {
+        let e = unsafe Engine(lockedState: state, LockKey())   // the last use: no one else can lock
         for s in 0..<e.slotCount { unsafe e.freeSlotStorage(e.slots[s]) }
         unsafe Mem.free(e.slots)
         unsafe Mem.free(state)
+        unsafe Mem.destroy(core)
     }
 
     // MARK: locking
 
-    /// Proof that the lock is held: only `locked` (and deinit) make one, so
+    /// Proof that the lock is held: only `locked` (and destroy) make one, so
     /// only they can make an `Engine`.
     struct LockKey: ~Copyable { fileprivate init() {} }
 
     /// Run `body` with the lock held and the engine lent to it; publishes
     /// the engine's dirty-chunk count before unlocking.
     @inline(__always) func locked<R, E: Error>(_ body: (borrowing Engine) throws(E) -> R) throws(E) -> R {
-        try lock.withLock { () throws(E) -> R in
+        try unsafe core.pointee.lock.withLock { () throws(E) -> R in
             let e = unsafe Engine(lockedState: state, LockKey())
-            defer { dirtyChunks.store(e.dirtyCount, ordering: .relaxed) }
+            defer { unsafe core.pointee.dirtyChunks.store(e.dirtyCount, ordering: .relaxed) }
             return try body(e)
         }
     }
@@ -172,12 +193,23 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
         return changed
     }
 
-    /// Every page of the layout private (cold reboot); the layout stays.
-    /// Reports one change per slot that had shared pages.
+    /// Every page of the layout private (cold reboot), in one lock hold;
+    /// the layout stays. Then one change report per slot that had shared
+    /// pages, each found under the lock and made outside it. Allocates
+    /// nothing, so it cannot fail: the slots to report are marked in the
+    /// slot table itself.
     public func reset() {
-        var changedSlots: [(UInt64, UInt64)] = []
-        locked { $0.reset(&changedSlots) }
-        for (b, p) in changedSlots { notify(b, p, PageState.private.rawValue) }
+        var cb: PendingCallback = (nil, nil)
+        let marked = unsafe locked { e in
+            unsafe cb = unsafe e.pendingCallback
+            return unsafe e.reset(mark: cb.0 != nil)
+        }
+        guard marked, let f = unsafe cb.0 else { return }
+        var from: UInt64 = 0
+        while let (base, pages) = locked({ $0.takeResetReport(from: from) }) {
+            unsafe f(cb.1, base, pages, PageState.private.rawValue)
+            from = base &+ 1
+        }
     }
 
     // MARK: layout
@@ -188,6 +220,8 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
         public init(base: UInt64, pages: UInt64) { self.base = base; self.pages = pages }
     }
 
+    /// The layout as a Swift array (for Swift callers; the library's own
+    /// paths use `slotCopy`, which reports out of memory instead of trapping).
     public var slotList: [Slot] {
         locked { e in
             var r: [Slot] = []
@@ -195,6 +229,47 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
             for s in 0..<e.slotCount { unsafe r.append(Slot(base: e.slots[s].base, pages: e.slots[s].pages)) }
             return r
         }
+    }
+
+    /// The layout copied out under the lock into `Mem` memory.
+    package func slotCopy() throws(SevError) -> MemList<Slot> {
+        var r = MemList<Slot>()
+        try locked { (e) throws(SevError) in
+            if !r.reserve(e.slotCount) { throw .noMemory("out of memory allocating a copy of the layout") }
+            for s in 0..<e.slotCount { _ = unsafe r.append(Slot(base: e.slots[s].base, pages: e.slots[s].pages)) }
+        }
+        return r
+    }
+
+    /// The layout as maximal stretches [start, end) of slots that touch.
+    package func stretches() throws(SevError) -> MemList<(UInt64, UInt64)> {
+        var r = MemList<(UInt64, UInt64)>()
+        try locked { (e) throws(SevError) in
+            if !r.reserve(e.slotCount) { throw .noMemory("out of memory allocating the stretches of the layout") }
+            var s = 0
+            while s < e.slotCount {
+                let start = unsafe e.slots[s].base
+                var end = unsafe start &+ e.slots[s].pages
+                s &+= 1
+                while unsafe s < e.slotCount && e.slots[s].base == end {
+                    unsafe end &+= e.slots[s].pages
+                    s &+= 1
+                }
+                _ = r.append((start, end))   // reserved above: cannot fail
+            }
+        }
+        return r
+    }
+
+    /// End of the highest slot (0 for no slots).
+    package var layoutEnd: UInt64 {
+        locked { e in unsafe e.slotCount == 0 ? 0 : e.slots[e.slotCount &- 1].base &+ e.slots[e.slotCount &- 1].pages }
+    }
+
+    /// Whether `other` has the same layout (under both locks, in adopt's
+    /// order: `other` first).
+    package func sameLayout(as other: Tracker) -> Bool {
+        other.locked { o in locked { e in e.sameLayout(o) } }
     }
 
     /// Number of slots (sevpeb_slot_count).

@@ -4,7 +4,10 @@ import CSevPEBShims
 /// it to the live tracker only when FINAL's digest, counts and layout check.
 /// Any error leaves the live tracker untouched and poisons the session
 /// until the next `setup()` (docs/FORMAT.md, "Validation").
-@safe public final class LoadSession {
+///
+/// A non-copyable value (no class instance, whose allocation would trap
+/// when out of memory): the C ABI keeps it inside the tracker's handle.
+@safe public struct LoadSession: ~Copyable {
     var staging: Tracker? = nil
     var sawHeader = false
     var sawLayout = false
@@ -46,22 +49,31 @@ import CSevPEBShims
         unsafe self.scratch = unsafe scratch; unsafe self.runWords = unsafe runWords; self.layoutFromStream = layoutFromStream
     }
     public static func create(layoutFromStream: Bool = false) throws(SevError) -> LoadSession {
-        guard let s = unsafe Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("decoder buffer") }
+        guard let s = unsafe Mem.calloc(Int(Wire.maxRecordPages) / 8 &+ 16, UInt8.self) else { throw .noMemory("out of memory allocating the decoder buffer") }
         guard let w = unsafe Mem.calloc(Int(Wire.maxRecordPages) / 64 &+ 2, UInt64.self) else {
-            unsafe Mem.free(s); throw .noMemory("decoder run buffer")
+            unsafe Mem.free(s); throw .noMemory("out of memory allocating the decoder run buffer")
         }
         return unsafe LoadSession(scratch: s, runWords: w, layoutFromStream: layoutFromStream)
     }
-    deinit { unsafe Mem.free(scratch); unsafe Mem.free(runWords) }
+    deinit {
+        if let st = staging { st.destroy() }
+        unsafe Mem.free(scratch); unsafe Mem.free(runWords)
+    }
 
-    public func setup() {
-        staging = nil; sawHeader = false; sawLayout = false; finished = false; failed = false
+    /// Free the staging tracker, if any.
+    mutating func dropStaging() {
+        if let st = staging { st.destroy() }
+        staging = nil
+    }
+
+    public mutating func setup() {
+        dropStaging(); sawHeader = false; sawLayout = false; finished = false; failed = false
         controlSeen = false; control = 0; payloads = 0; bytes = 0
     }
 
     /// Read one payload (through END_OF_PAYLOAD). Returns true when it ended
     /// with a FINAL that checked and the state was committed into `live`.
-    public func load<R: ByteSource>(_ live: Tracker, _ src: inout R, version: UInt32) throws(SevError) -> Bool {
+    public mutating func load<R: ByteSource>(_ live: Tracker, _ src: inout R, version: UInt32) throws(SevError) -> Bool {
         if failed { throw SevError(EBADMSG, "incoming stream already failed; no further sections accepted") }
         do throws(SevError) {
             if version != Wire.sectionVersion {
@@ -101,7 +113,7 @@ import CSevPEBShims
                         // FINAL checked and this payload's checksum too: commit.
                         try live.adopt(staging!)
                         if controlSeen { try live.setMigrationControl(control) }
-                        staging = nil
+                        dropStaging()
                     }
                     return committed
                 case .header: try readHeader(&src, at)
@@ -126,12 +138,12 @@ import CSevPEBShims
             }
         } catch {
             failed = true
-            staging = nil
+            dropStaging()
             throw error
         }
     }
 
-    public func cleanup() { staging = nil }
+    public mutating func cleanup() { dropStaging() }
 
     @inline(__always) func emit(_ at: Int, _ r: Wire.Record, _ a: UInt64, _ b: UInt64, _ c: UInt64) {
         if let o = observer { o(payloads &- 1, at, DecodedRecord(r, a, b, c)) }
@@ -139,7 +151,7 @@ import CSevPEBShims
 
     // MARK: records
 
-    func readHeader<R: ByteSource>(_ src: inout R, _ at: Int) throws(SevError) {
+    mutating func readHeader<R: ByteSource>(_ src: inout R, _ at: Int) throws(SevError) {
         if sawHeader { throw SevError(EBADMSG, "second HEADER at offset \(at)") }
         if offset != 1 || payloads != 1 { throw SevError(EBADMSG, "HEADER at offset \(at) of payload \(payloads): must open the first payload") }
         let m = try be32(&src)
@@ -155,12 +167,12 @@ import CSevPEBShims
         emit(at, .header, UInt64(v), UInt64(ps), UInt64(fl))
     }
 
-    func readLayout<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
+    mutating func readLayout<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
         let n = try be32(&src)
         if n > Wire.maxSlots { throw SevError(EMSGSIZE, "LAYOUT at offset \(at): nslots \(n) over the limit \(Wire.maxSlots)") }
-        let mine = live.slotList
-        var declared: [Tracker.Slot] = []
-        declared.reserveCapacity(Int(n))
+        let mine = try live.slotCopy()
+        var declared = MemList<Tracker.Slot>()
+        if !declared.reserve(Int(n)) { throw .noMemory("out of memory allocating the slots of a LAYOUT record") }
         var prevEnd: UInt64 = 0
         var total: UInt64 = 0
         for i in 0..<Int(n) {
@@ -182,27 +194,27 @@ import CSevPEBShims
             // not yet grown, a DIMM not yet plugged): each declared slot must
             // fit inside a destination slot, which also bounds the staging
             // memory. FINAL requires the layouts to be equal.
-            if !layoutFromStream && !mine.contains(where: { $0.base <= base && end <= $0.base &+ $0.pages }) {
+            if !layoutFromStream, unsafe !mine.withBuffer({ unsafe $0.contains(where: { $0.base <= base && end <= $0.base &+ $0.pages }) }) {
                 throw SevError(EREMCHG, "LAYOUT slot \(i) gfn \(hex(base)) + \(pages) pages does not fit in any destination slot (\(describe(mine)))")
             }
-            declared.append(s)
+            _ = declared.append(s)   // reserved above: cannot fail
         }
         if staging == nil { staging = try Tracker.create() }
-        try staging!.applyLayout(declared)
+        unsafe try declared.withBuffer { (d) throws(SevError) in unsafe try staging!.setLayout(slots: d, keepShared: false) }
         sawLayout = true
         emit(at, .layout, UInt64(n), 0, 0)
     }
 
-    func describe(_ slots: [Tracker.Slot]) -> String {
+    func describe(_ slots: borrowing MemList<Tracker.Slot>) -> String {
         var s = "destination has \(slots.count) slots"
-        for (i, sl) in slots.prefix(4).enumerated() { s += (i == 0 ? ": " : ", ") + "\(hex(sl.base))+\(sl.pages)" }
+        for i in 0..<min(slots.count, 4) { s += (i == 0 ? ": " : ", ") + "\(hex(slots[i].base))+\(slots[i].pages)" }
         if slots.count > 4 { s += ", ..." }
         return s
     }
 
     /// State records in one payload must ascend without overlapping, so a
     /// corrupted length cannot be masked by a later record.
-    func checkOrder(_ what: StaticString, _ at: Int, _ gfn: UInt64, _ n: UInt64) throws(SevError) {
+    mutating func checkOrder(_ what: StaticString, _ at: Int, _ gfn: UInt64, _ n: UInt64) throws(SevError) {
         if anyState && gfn < lastEnd {
             throw SevError(EBADMSG, "\(what) at offset \(at): gfn \(hex(gfn)) overlaps or precedes the previous record ending at \(hex(lastEnd))")
         }
@@ -211,7 +223,7 @@ import CSevPEBShims
         lastEnd = e; anyState = true
     }
 
-    func readState<R: ByteSource>(_ r: Wire.Record, _ st: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
+    mutating func readState<R: ByteSource>(_ r: Wire.Record, _ st: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
         let gfn = try be64(&src)
         switch r {
         case .fill:
@@ -286,6 +298,7 @@ import CSevPEBShims
     /// Re-label tracker range errors with the record and its offset.
     func wrapRange<T>(_ at: Int, _ what: String, _ body: () throws(SevError) -> T) throws(SevError) -> T {
         do throws(SevError) { return try body() } catch {
+            if error.code == ENOMEM { throw error }   // its text must not allocate (SevError.noMemory)
             throw SevError(error.code, "\(what) at offset \(at): \(error.message)")
         }
     }
@@ -293,7 +306,7 @@ import CSevPEBShims
     /// A BITS record's nb bytes into `dst`, checksummed while in cache;
     /// padding bits above npages must be zero.
     // SAFETY: dst holds at least nb bytes (the caller's block or scratch); nb >= 1.
-    func readBits<R: ByteSource>(_ src: inout R, _ dst: UnsafeMutableRawPointer, _ nb: Int,
+    mutating func readBits<R: ByteSource>(_ src: inout R, _ dst: UnsafeMutableRawPointer, _ nb: Int,
                                  _ n: UInt32, _ at: Int) throws(SevError) {
         unsafe try src.read(UnsafeMutableRawBufferPointer(start: dst, count: nb)); offset &+= nb
         unsafe check.update(dst, nb)
@@ -305,7 +318,7 @@ import CSevPEBShims
 
     /// A RUNS record's nr runs, cleared (made shared) in `words`.
     // SAFETY: words holds ceil(n/64) words; runs are checked to lie below n before each fill.
-    func readRuns<R: ByteSource>(_ src: inout R, _ words: UnsafeMutablePointer<UInt64>, _ nr: UInt32,
+    mutating func readRuns<R: ByteSource>(_ src: inout R, _ words: UnsafeMutablePointer<UInt64>, _ nr: UInt32,
                                  _ n: UInt32, _ at: Int) throws(SevError) {
         var next = 0
         for k in 0..<Int(nr) {
@@ -318,7 +331,7 @@ import CSevPEBShims
         }
     }
 
-    func readFinal<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
+    mutating func readFinal<R: ByteSource>(_ live: Tracker, _ src: inout R, _ at: Int) throws(SevError) {
         let digest = try be64(&src), pages = try be64(&src), shared = try be64(&src)
         guard let st = staging, sawLayout else { throw SevError(EBADMSG, "FINAL at offset \(at) before LAYOUT") }
         let (d, myPages, myShared) = st.summary()
@@ -330,37 +343,40 @@ import CSevPEBShims
             throw SevError(EILSEQ, "FINAL at offset \(at): digest \(hex(digest)) from the source, \(hex(d)) over the received state")
         }
         // The layout must equal the destination's; committed at END_OF_PAYLOAD.
-        if layoutFromStream { try live.applyLayout(st.slotList) }
-        if live.slotList != st.slotList {
-            throw SevError(EREMCHG, "FINAL at offset \(at): received layout (\(st.slotList.count) slots) differs from the destination's (\(describe(live.slotList)))")
+        if layoutFromStream {
+            let received = try st.slotCopy()
+            unsafe try received.withBuffer { (r) throws(SevError) in unsafe try live.setLayout(slots: r, keepShared: false) }
+        }
+        if !live.sameLayout(as: st) {
+            throw SevError(EREMCHG, "FINAL at offset \(at): received layout (\(st.slotCount) slots) differs from the destination's (\(describe(try live.slotCopy())))")
         }
     }
 
     // MARK: primitive reads
 
     // SAFETY: p covers v's bytes for the duration of the closure (u8, be16, be32, be64 alike).
-    @inline(__always) func u8<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt8 {
+    @inline(__always) mutating func u8<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt8 {
         var v: UInt8 = 0
         unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 1) }
         offset &+= 1
         return v
     }
     // SAFETY: as u8.
-    @inline(__always) func be16<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt16 {
+    @inline(__always) mutating func be16<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt16 {
         var v: UInt16 = 0
         unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 2) }
         offset &+= 2
         return UInt16(bigEndian: v)
     }
     // SAFETY: as u8.
-    @inline(__always) func be32<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt32 {
+    @inline(__always) mutating func be32<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt32 {
         var v: UInt32 = 0
         unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 4) }
         offset &+= 4
         return UInt32(bigEndian: v)
     }
     // SAFETY: as u8.
-    @inline(__always) func be64<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt64 {
+    @inline(__always) mutating func be64<R: ByteSource>(_ src: inout R) throws(SevError) -> UInt64 {
         var v: UInt64 = 0
         unsafe try withUnsafeMutableBytes(of: &v) { (p) throws(SevError) in unsafe try src.read(p); unsafe check.update(p.baseAddress!, 8) }
         offset &+= 8

@@ -72,8 +72,10 @@ import CSevPEBShims
 }
 
 /// The source side of a migration: what has been sent, and the encoders for
-/// setup / iterate / complete (docs/FORMAT.md, "Live migration").
-@safe public final class SaveSession {
+/// setup / iterate / complete (docs/FORMAT.md, "Live migration"). A
+/// non-copyable value (no class instance, whose allocation would trap when
+/// out of memory): the C ABI keeps it inside the tracker's handle.
+@safe public struct SaveSession: ~Copyable {
     public private(set) var active = false
     /// Where the next chunk pass resumes, and what the destination was last
     /// sent: the session's own state, written by its encoders only.
@@ -99,14 +101,14 @@ import CSevPEBShims
         unsafe self.out = unsafe out
     }
     public static func create() throws(SevError) -> SaveSession {
-        guard let o = unsafe Mem.calloc(outCap, UInt8.self) else { throw .noMemory("encoder buffer") }
+        guard let o = unsafe Mem.calloc(outCap, UInt8.self) else { throw .noMemory("out of memory allocating the encoder buffer") }
         return unsafe SaveSession(out: o)
     }
     deinit { unsafe Mem.free(out) }
 
     /// Begin: write HEADER, LAYOUT, CONTROL and every chunk that is not
     /// uniformly private (the destination starts all private).
-    public func setup<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
+    public mutating func setup<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
         if active { throw SevError(EBUSY, "an outgoing migration is already active") }
         if let why = t.migrationRefusal() { throw why }
         iterations = 0; setupBytes = 0; iterateBytes = 0; lastIterateBytes = 0; completeBytes = 0; records = 0
@@ -127,7 +129,7 @@ import CSevPEBShims
 
     /// One PART payload: what changed since last sent, up to ~budget bytes
     /// (0 = unlimited). Returns true when nothing is left to send.
-    public func iterate<S: ByteSink>(_ t: Tracker, _ sink: inout S, budget: UInt64) throws(SevError) -> Bool {
+    public mutating func iterate<S: ByteSink>(_ t: Tracker, _ sink: inout S, budget: UInt64) throws(SevError) -> Bool {
         guard active else { throw SevError(EPROTO, "save_iterate without an active save_setup") }
         var w = unsafe RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
         defer { sink = w.sink }   // the sink's state after the call, error or not
@@ -149,7 +151,7 @@ import CSevPEBShims
 
     /// The END payload: everything unsent, then FINAL. With nothing changed
     /// since the last iterate: FINAL + END_OF_PAYLOAD = 26 bytes.
-    public func complete<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
+    public mutating func complete<S: ByteSink>(_ t: Tracker, _ sink: inout S) throws(SevError) {
         guard active else { throw SevError(EPROTO, "save_complete without an active save_setup") }
         var w = unsafe RecordWriter(sink: sink, buf: out, cap: SaveSession.outCap)
         defer { sink = w.sink }   // the sink's state after the call, error or not
@@ -167,7 +169,7 @@ import CSevPEBShims
         records &+= w.records
     }
 
-    public func cleanup() { active = false; cursor = 0 }
+    public mutating func cleanup() { active = false; cursor = 0 }
 
     /// Bytes still to send, estimated (no lock): ~32 bytes a changed chunk.
     public func pendingBytes(_ t: Tracker) -> UInt64 {
@@ -177,21 +179,21 @@ import CSevPEBShims
 
     // MARK: records
 
-    func writeLayout<S>(_ t: Tracker, _ w: inout RecordWriter<S>) throws(SevError) {
+    mutating func writeLayout<S>(_ t: Tracker, _ w: inout RecordWriter<S>) throws(SevError) {
         // Read the generation before the list: a change in between makes the
         // next payload send the layout again.
         let gen = t.currentLayoutGeneration
-        let slots = t.slotList
+        let slots = try t.slotCopy()
         try w.begin(.layout, body: Wire.Record.layout.fixedBodyBytes)
         w.be32(UInt32(truncatingIfNeeded: slots.count))
-        for s in slots {
+        for i in 0..<slots.count {
             try w.reserve(Wire.layoutSlotBytes)
-            w.be64(s.base); w.be64(s.pages)
+            w.be64(slots[i].base); w.be64(slots[i].pages)
         }
         sentLayoutGeneration = gen
     }
 
-    func writeControl<S>(_ t: Tracker, _ w: inout RecordWriter<S>, force: Bool) throws(SevError) {
+    mutating func writeControl<S>(_ t: Tracker, _ w: inout RecordWriter<S>, force: Bool) throws(SevError) {
         let v = t.migrationControl
         if !force && v == sentControl { return }
         try w.begin(.control, body: Wire.Record.control.fixedBodyBytes)
@@ -206,7 +208,7 @@ import CSevPEBShims
     /// the buffer has room for: each record is written straight from the
     /// chunk's block into the buffer (no snapshot copy) and hashed when the
     /// buffer is flushed, while it is still in cache.
-    func writeChunks<S>(_ t: Tracker, _ w: inout RecordWriter<S>, mode: Tracker.TakeMode,
+    mutating func writeChunks<S>(_ t: Tracker, _ w: inout RecordWriter<S>, mode: Tracker.TakeMode,
                         budget: UInt64) throws(SevError) -> Bool {
         var fill = PendingFill()
         let start = w.total
@@ -276,7 +278,7 @@ import CSevPEBShims
     /// (room ensured by the caller: `chunkRoom`).
     // SAFETY: bits is the chunk's block (ceil(n/64) words, valid under the tracker's lock during the take);
     // the caller reserved chunkRoom bytes at w.buf + w.used, so the copy of ceil(n/8) bytes fits.
-    func writeMixed<S>(_ w: inout RecordWriter<S>, _ gfn: UInt64, _ n: Int,
+    mutating func writeMixed<S>(_ w: inout RecordWriter<S>, _ gfn: UInt64, _ n: Int,
                        _ bits: UnsafePointer<UInt64>) {
         let bitsBytes = Wire.bitsRecordBytes(pages: n)
         // RUNS only when smaller than BITS: stop counting past that (random
