@@ -263,7 +263,7 @@ public func sevpeb_save_iterate(_ t: OpaquePointer?, _ write: sevpeb_write_fn?, 
 
 @c @implementation
 public func sevpeb_save_pending(_ t: OpaquePointer?) -> UInt64 {
-    unsafe withHandle(t, 0) { h in h.save.pendingBytes(h.tracker) }
+    unsafe withHandle(t, 0) { h in unsafe h.save.pointee.pendingBytes(h.tracker) }
 }
 
 // SAFETY: opaque is the caller's value, handed back to its write callback, never dereferenced here.
@@ -296,12 +296,12 @@ public func sevpeb_save_get_stats(_ t: OpaquePointer?, _ st: UnsafeMutablePointe
             }
             var s = sevpeb_save_stats()
             s.size = UInt32(MemoryLayout<sevpeb_save_stats>.size)
-            s.iterations = h.save.iterations
-            s.setup_bytes = h.save.setupBytes
-            s.iterate_bytes = h.save.iterateBytes
-            s.last_iterate_bytes = h.save.lastIterateBytes
-            s.complete_bytes = h.save.completeBytes
-            s.records = h.save.records
+            s.iterations = unsafe h.save.pointee.iterations
+            s.setup_bytes = unsafe h.save.pointee.setupBytes
+            s.iterate_bytes = unsafe h.save.pointee.iterateBytes
+            s.last_iterate_bytes = unsafe h.save.pointee.lastIterateBytes
+            s.complete_bytes = unsafe h.save.pointee.completeBytes
+            s.records = unsafe h.save.pointee.records
             unsafe st.pointee = s
             return 0
         }

@@ -2,32 +2,46 @@ import CSevPEB
 import CSevPEBShims
 
 /// What a `sevpeb_tracker *` points at: the tracker, its two migration
-/// sessions and its KVM binding, in one `Mem` allocation from create to
+/// sessions and its KVM binding, in `Mem` allocations from create to
 /// destroy. No Swift class instance: their allocation traps when malloc
 /// fails, and every allocation of the library must be able to report
-/// ENOMEM instead.
-struct Handle: ~Copyable {
+/// ENOMEM instead. The handle itself is never modified after create (any
+/// number of threads read it at once); each session is its own allocation,
+/// so the one thread running save_* (or load_*) modifies only that.
+@safe struct Handle: ~Copyable {
     let tracker: Tracker
-    var save: SaveSession
-    var load: LoadSession
+    // SAFETY: a Mem.create allocation owned by this handle, destroyed in its deinit; modified only by the save_* calls (withSave).
+    let save: UnsafeMutablePointer<SaveSession>
+    // SAFETY: a Mem.create allocation owned by this handle, destroyed in its deinit; modified only by the load_* calls (withLoad).
+    let load: UnsafeMutablePointer<LoadSession>
     let kvm: KVMBinding
 
-    /// The sessions and the binding free themselves (their deinits); the
-    /// tracker is a handle and is destroyed here.
-    deinit { tracker.destroy() }
+    deinit {
+        unsafe Mem.destroy(save)
+        unsafe Mem.destroy(load)
+        tracker.destroy()
+    }
 
     /// A new handle; any allocation's failure is ENOMEM with nothing leaked.
     // SAFETY: returns a Mem.create allocation owned by the caller until sevpeb_tracker_destroy hands it to Mem.destroy.
     static func create() throws(SevError) -> UnsafeMutablePointer<Handle> {
         let t = try Tracker.create()
+        var save: UnsafeMutablePointer<SaveSession>? = nil
+        var load: UnsafeMutablePointer<LoadSession>? = nil
         let h: Handle
         do throws(SevError) {
-            h = Handle(tracker: t, save: try SaveSession.create(), load: try LoadSession.create(), kvm: try KVMBinding.create())
+            guard let s = unsafe Mem.create(try SaveSession.create()) else { throw .noMemory("out of memory allocating the save session") }
+            unsafe save = unsafe s
+            guard let l = unsafe Mem.create(try LoadSession.create()) else { throw .noMemory("out of memory allocating the load session") }
+            unsafe load = unsafe l
+            h = unsafe Handle(tracker: t, save: s, load: l, kvm: try KVMBinding.create())
         } catch {
-            t.destroy()   // the sessions made so far free themselves
+            if let s = unsafe save { unsafe Mem.destroy(s) }
+            if let l = unsafe load { unsafe Mem.destroy(l) }
+            t.destroy()
             throw error
         }
-        // From here h owns t: if this allocation fails, dropping h destroys it.
+        // From here h owns all three: if this allocation fails, dropping h frees them.
         guard let p = unsafe Mem.create(h) else { throw .noMemory("out of memory allocating the tracker handle") }
         return unsafe p
     }
@@ -54,7 +68,8 @@ struct Handle: ~Copyable {
         return fail
     }
     let p = unsafe UnsafeMutablePointer<Handle>(h)
-    return unsafe body(p.pointee.tracker, &p.pointee.save)
+    let save = unsafe p.pointee.save   // a read of the handle: only the session is modified
+    return unsafe body(p.pointee.tracker, &save.pointee)
 }
 
 /// The tracker and the incoming session, mutable: only the load_* calls
@@ -66,7 +81,8 @@ struct Handle: ~Copyable {
         return fail
     }
     let p = unsafe UnsafeMutablePointer<Handle>(h)
-    return unsafe body(p.pointee.tracker, &p.pointee.load)
+    let load = unsafe p.pointee.load   // a read of the handle: only the session is modified
+    return unsafe body(p.pointee.tracker, &load.pointee)
 }
 
 /// Store `e` as the calling thread's sevpeb_last_error() text.

@@ -200,7 +200,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     /// slot table itself.
     public func reset() {
         var cb: PendingCallback = (nil, nil)
-        let marked = unsafe locked { e in
+        let marked = locked { e in
             unsafe cb = unsafe e.pendingCallback
             return unsafe e.reset(mark: cb.0 != nil)
         }
