@@ -58,31 +58,31 @@ import CSevPEBShims
     return unsafe body(UnsafeMutablePointer<Handle>(h).pointee)
 }
 
-/// The tracker and the outgoing session, mutable: only the save_* calls,
-/// which the header allows on one thread at a time (they may overlap the
-/// load_* calls, which reach only the other session).
-// SAFETY: as withHandle; the header serialises the save_* calls on one tracker, so no two threads hold the save session at once.
-@inline(__always) func withSave<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Tracker, inout SaveSession) -> R) -> R {
+/// The tracker and one migration session (`session` picks it from the
+/// handle), the session mutable: the handle is only read (the pointer to
+/// the session), then only the session is modified.
+// SAFETY: as withHandle; the session's calls are serialised by the header, so no two threads hold it at once.
+@inline(__always) func withSession<S: ~Copyable, R>(_ h: OpaquePointer?, _ fail: R,
+                                                    _ session: (borrowing Handle) -> UnsafeMutablePointer<S>,
+                                                    _ body: (Tracker, inout S) -> R) -> R {
     guard let h = unsafe h else {
         setLastError(SevError(EINVAL, "tracker handle is NULL"))
         return fail
     }
     let p = unsafe UnsafeMutablePointer<Handle>(h)
-    let save = unsafe p.pointee.save   // a read of the handle: only the session is modified
-    return unsafe body(p.pointee.tracker, &save.pointee)
+    let s = unsafe session(p.pointee)
+    return unsafe body(p.pointee.tracker, &s.pointee)
 }
 
-/// The tracker and the incoming session, mutable: only the load_* calls
-/// (one thread at a time, as the header requires).
-// SAFETY: as withHandle; the header serialises the load_* calls on one tracker, so no two threads hold the load session at once.
+/// The save_* calls: one thread at a time (they may overlap the load_*
+/// calls, which reach only the other session).
+@inline(__always) func withSave<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Tracker, inout SaveSession) -> R) -> R {
+    unsafe withSession(h, fail, { unsafe $0.save }, body)
+}
+
+/// The load_* calls: one thread at a time.
 @inline(__always) func withLoad<R>(_ h: OpaquePointer?, _ fail: R, _ body: (Tracker, inout LoadSession) -> R) -> R {
-    guard let h = unsafe h else {
-        setLastError(SevError(EINVAL, "tracker handle is NULL"))
-        return fail
-    }
-    let p = unsafe UnsafeMutablePointer<Handle>(h)
-    let load = unsafe p.pointee.load   // a read of the handle: only the session is modified
-    return unsafe body(p.pointee.tracker, &load.pointee)
+    unsafe withSession(h, fail, { unsafe $0.load }, body)
 }
 
 /// Store `e` as the calling thread's sevpeb_last_error() text.
