@@ -193,8 +193,8 @@ typedef struct sevpeb_slot {
  * Returns 0; -EINVAL (t NULL, slots NULL with count > 0, npages == 0,
  * base_gfn not ascending); -ERANGE (a slot ends beyond SEVPEB_GFN_LIMIT);
  * -EEXIST (two slots overlap); -ENOSPC (count > SEVPEB_MAX_SLOTS): all
- * checked before anything changes; -ENOMEM (the change may be partly
- * applied: the tracker stays consistent, call again). Thread-safe.
+ * checked before anything changes; -ENOMEM (nothing changed: the slots
+ * that change are built aside and swapped in). Thread-safe.
  */
 SEVPEB_API int sevpeb_set_layout(sevpeb_tracker *t, const sevpeb_slot *slots, uint32_t count);
 

@@ -186,6 +186,27 @@ static long failed_points;
         r_;                                                                                             \
     })
 
+static long change_calls;
+static void count_change(void *opaque, uint64_t gfn, uint64_t npages, int state)
+{
+    (void)opaque, (void)gfn, (void)npages, (void)state;
+    change_calls++;
+}
+
+/* A struct kvm_run carrying one exit, for the exit handlers. */
+static struct kvm_run *exit_run(struct kvm_run *r, uint32_t reason, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+    memset(r, 0, sizeof(*r));
+    r->exit_reason = reason;
+    if (reason == KVM_EXIT_HYPERCALL) {
+        r->hypercall.nr = 12; /* KVM_HC_MAP_GPA_RANGE */
+        r->hypercall.args[0] = a0, r->hypercall.args[1] = a1, r->hypercall.args[2] = a2;
+    } else {
+        r->msr.index = 0x4b564d08; /* MSR_KVM_MIGRATION_CONTROL */
+        r->msr.data = a0;
+    }
+    return r;
+}
 
 static int (*m_open)(int), (*m_close)(int), (*m_gmem)(int);
 
@@ -287,6 +308,52 @@ static void sequence(void)
     }
     sevpeb_save_cleanup(src);
     sevpeb_load_cleanup(dst);
+
+    /* the rest of the header: queries, callbacks, exits, layout */
+    uint64_t u1 = 0, u2 = 0, gfns[8];
+    sevpeb_run runs[16];
+    sevpeb_save_stats st = { .size = sizeof(st) };
+    uint32_t eax = 0;
+    struct kvm_run kr;
+    struct kvm_msr_filter_range fr;
+    uint8_t frbits = 1;
+    STEP(src, sevpeb_set_change_callback(src, count_change, NULL));
+    STEP(src, sevpeb_test(src, 30));
+    STEP(src, sevpeb_count_shared(src, 0, 3 * 16384 + 100));
+    STEP(src, sevpeb_next_shared_run(src, 0, &u1, &u2));
+    STEP(src, sevpeb_shared_runs(src, 0, runs, 16));
+    STEP(src, sevpeb_count_differences(src, dst, 0, 3 * 16384 + 100, &u1, gfns, 8));
+    STEP(src, sevpeb_totals(src, &u1, &u2));
+    STEP(src, (int64_t)sevpeb_memory_bytes(src));
+    STEP(src, sevpeb_save_get_stats(src, &st));
+    STEP(src, (int64_t)sevpeb_save_pending(src));
+    STEP(src, (int64_t)sevpeb_get_migration_control(src));
+    STEP(src, sevpeb_set_require_ready(src, 1));
+    STEP(src, sevpeb_may_migrate(src));
+    STEP(src, sevpeb_set_require_ready(src, 0));
+    /* the guest sees the result in hypercall.ret: 0, or -KVM_EINVAL */
+#define HC(gpa, n) (sevpeb_kvm_handle_hypercall(src, exit_run(&kr, KVM_EXIT_HYPERCALL, gpa, n, 0)) == 1 \
+                    ? (int64_t)kr.hypercall.ret : -1000)
+    STEP_E(src, SEVPEB_KVM_EINVAL, HC(50ull << 12, 4));
+    STEP_E(src, SEVPEB_KVM_EINVAL, HC(((1ull << 20) + 16384 * 3 + 1) << 12, 2));
+    STEP(src, sevpeb_kvm_handle_msr_exit(src, exit_run(&kr, KVM_EXIT_X86_WRMSR, 1, 0, 0)));
+    STEP(src, sevpeb_kvm_handle_msr_exit(src, exit_run(&kr, KVM_EXIT_X86_RDMSR, 0, 0, 0)));
+    STEP(src, sevpeb_kvm_msr_filter_range(&fr, &frbits));
+    STEP(src, sevpeb_kvm_cpuid_features(src, &eax));
+    STEP(src, sevpeb_kvm_may_migrate(src));
+    /* a new slot, a resize, a removal whose shared pages a merged slot keeps;
+     * then back to the three slots */
+    {
+        sevpeb_slot grown[4] = { { 0, 3 * 16384 + 100 }, { 1 << 20, 70000 + 16384 * 5 }, { 3 << 20, 100 }, { gibs, 70000 } };
+        sevpeb_slot merged[2] = { { 0, 3 * 16384 + 100 }, { 1 << 20, (2 << 20) + 100 } };
+        sevpeb_slot three[3] = { { 0, 3 * 16384 + 100 }, { 1 << 20, 70000 + 16384 * 3 }, { 3 << 20, 100 } };
+        STEP(src, sevpeb_set_layout(src, grown, 4));
+        STEP(src, sevpeb_set_range(src, gibs + 16384 + 3, 70, SEVPEB_SHARED));
+        STEP(src, sevpeb_set_range(src, (3 << 20) + 1, 5, SEVPEB_SHARED));
+        STEP(src, sevpeb_set_layout(src, merged, 2));
+        STEP(src, sevpeb_set_layout(src, three, 3));
+    }
+    STEP(src, sevpeb_set_change_callback(src, NULL, NULL));
     STEP(src, sevpeb_reset(src));
     STEP(src, sevpeb_set_range(src, 9, 1, SEVPEB_SHARED));
 
@@ -304,12 +371,16 @@ static void sequence(void)
         STEP(src, sevpeb_kvm_kernel_set_bitmap(src, 1000, 8 * 512, bm, 512));
         STEP(src, sevpeb_kvm_kernel_get_bitmap(src, 900, 8 * 512, bm, 512));
         STEP(src, sevpeb_kvm_sync_from_kernel(src));
+        STEP(src, sevpeb_kvm_kernel_bitmap_size(src, &u1));
+        STEP(src, sevpeb_kvm_reset_kernel(src));
         STEP(src, sevpeb_kvm_unbind(src));
         m_close(fd);
         int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
         int vm = kvm >= 0 ? ioctl(kvm, KVM_CREATE_VM, 0) : -1;
         if (vm >= 0 && m_gmem(vm) == 0) {
             STEP(src, sevpeb_kvm_bind(src, vm, SEVPEB_KVM_UPSTREAM));
+            STEP(src, sevpeb_kvm_install_msr_filter(src, SEVPEB_KVM_MSR_FILTER_BY_VMM));
+            STEP(src, sevpeb_kvm_cpuid_features(src, &eax));
             STEP(src, sevpeb_kvm_apply_memory_attributes(src));
             STEP(src, sevpeb_kvm_unbind(src));
             m_close(vm);

@@ -13,7 +13,7 @@ extension Tracker {
     /// shared is reported to the change callback as shared, after the lock.
     /// Errors: EINVAL (npages 0, bases not ascending), ERANGE (beyond the GFN
     /// limit), EEXIST (two new slots overlap), ENOSPC (more than maxSlots),
-    /// all before anything changes; ENOMEM (the change may be partly applied).
+    /// all before anything changes; ENOMEM, with nothing changed.
     /// `keepShared` false drops the rule: every new page starts private
     /// (`applyLayout`).
     public func setLayout(_ new: [Slot], keepShared: Bool = true) throws(SevError) {
@@ -73,14 +73,21 @@ extension Tracker {
 
 extension Engine {
     /// Tracker.setLayout's work after its argument checks; appends the
-    /// ranges the keep-shared rule made shared to `madeShared`. Its lists are
-    /// `MemList`s: out of memory is ENOMEM, before any change for the
-    /// copies it takes first.
+    /// ranges the keep-shared rule made shared to `madeShared`.
+    ///
+    /// Failure-atomic: every slot that changes (resized or new) is built
+    /// aside, in a private engine, from this engine's state, which is only
+    /// read; every allocation (the new slots' storage, the new table, the
+    /// lists) happens then, so out of memory is ENOMEM with nothing changed.
+    /// The commit that follows only moves slot records and frees: a slot
+    /// that stays as it was keeps its record, storage, dirty bits and
+    /// caches; a resized one keeps the dirty bits of the chunks below its
+    /// old boundary chunk (as `resizeSlot` does), every other chunk of a
+    /// rebuilt slot counts as changed.
     func setLayout<L: RandomAccessCollection>(_ new: L, keepShared: Bool,
                                               _ madeShared: inout MemList<(UInt64, UInt64)>) throws(SevError)
     where L.Element == Tracker.Slot, L.Index == Int {
-        // The old layout, and the shared runs of the slots that go: taken
-        // before anything changes.
+        // The old layout, and the shared runs of the slots that go.
         var old = MemList<Tracker.Slot>()
         if !old.reserve(slotCount) { throw .noMemory("out of memory allocating a copy of the layout") }
         for s in 0..<slotCount { _ = unsafe old.append(Tracker.Slot(base: slots[s].base, pages: slots[s].pages)) }
@@ -99,31 +106,109 @@ extension Engine {
         }
         // Room for every range the rule can report, so no report is lost.
         if !madeShared.reserve(pairs) { throw .noMemory("out of memory allocating the kept-shared ranges") }
-        for k in 0..<old.count where Tracker.find(new, old[k].base) == nil {
-            try removeSlot(base: old[k].base)
+        let kept = unsafe old.withBuffer { (was) in
+            new.reduce(0) { unsafe $0 &+ (Tracker.find(was, $1.base) == $1 ? 1 : 0) }
         }
-        // Shrink first, so that a growing slot never meets an old neighbour.
-        for pass in 0..<2 {
-            let grow = pass == 1
-            for k in 0..<old.count {
-                let o = old[k]
-                guard let n = Tracker.find(new, o.base), n.pages != o.pages, (n.pages > o.pages) == grow else { continue }
-                try resizeSlot(base: n.base, pages: n.pages)
-            }
+        if kept == new.count && kept == old.count { return }   // the same layout: nothing to do
+
+        // The new table, and the changed slots built aside.
+        let cap = max(new.count, EngineState.initialSlotCap)
+        guard let table = unsafe Mem.calloc(cap, SlotRec.self) else { throw .noMemory("out of memory allocating the slot table") }
+        guard let asideTable = unsafe Mem.calloc(max(new.count &- kept, 1), SlotRec.self) else {
+            unsafe Mem.free(table)
+            throw .noMemory("out of memory allocating the slot table")
         }
-        unsafe try old.withBuffer { (was) throws(SevError) in
-            for n in new where unsafe Tracker.find(was, n.base) == nil {
-                try addSlot(base: n.base, pages: n.pages)
-            }
+        guard let asideState = unsafe Mem.calloc(1, EngineState.self) else {
+            unsafe Mem.free(asideTable); unsafe Mem.free(table)
+            throw .noMemory("out of memory allocating the tracker state")
         }
-        for k in 0..<shared.count {
-            let (a, b) = shared[k]
-            for n in new {
-                let start = max(a, n.base), end = min(b, n.base &+ n.pages)
-                if start < end, try setRange(start, end &- start, private: false) {
-                    _ = madeShared.append((start, end &- start))   // reserved above: cannot fail
+        // SAFETY: fresh calloc'd memory for one EngineState (trivial fields).
+        unsafe asideState.initialize(to: EngineState(slots: asideTable, slotCap: max(new.count &- kept, 1), memBytes: 0))
+        let aside = unsafe Engine.unshared(asideState)
+        do throws(SevError) {
+            try unsafe old.withBuffer { (was) throws(SevError) in
+                for n in new where unsafe Tracker.find(was, n.base) != n {
+                    try aside.addSlot(base: n.base, pages: n.pages)
+                    guard let o = unsafe Tracker.find(was, n.base) else { continue }
+                    // Resized: the surviving pages keep their state and the
+                    // chunks below the old boundary chunk their dirty bits.
+                    let keepEnd = n.base &+ min(o.pages, n.pages)
+                    var from = n.base
+                    while let r = nextSharedRun(from: from), r.gfn < keepEnd {
+                        let e = min(r.gfn &+ r.pages, keepEnd)
+                        _ = try aside.setRange(r.gfn, e &- r.gfn, private: false)
+                        from = e
+                    }
+                    let boundary = (min(o.pages, n.pages) &- 1) &>> UInt64(Geometry.chunkShift)
+                    aside.copyDirty(below: boundary, of: aside.slotIndex(containing: n.base)!,
+                                           from: self, slotIndex(containing: n.base)!)
                 }
             }
+            for k in 0..<shared.count {
+                let (a, b) = shared[k]
+                for n in new {
+                    let start = max(a, n.base), end = min(b, n.base &+ n.pages)
+                    if start < end, try aside.setRange(start, end &- start, private: false) {
+                        _ = madeShared.append((start, end &- start))   // reserved above: cannot fail
+                    }
+                }
+            }
+        } catch {
+            for s in 0..<aside.slotCount { unsafe aside.freeSlotStorage(aside.slots[s]) }
+            unsafe Mem.free(asideTable); unsafe Mem.free(asideState)
+            unsafe Mem.free(table)
+            throw error
+        }
+
+        // Commit: nothing below allocates.
+        var dirty = 0, bytes = 0
+        unsafe old.withBuffer { (was) in
+            var j = 0   // next built slot (ascending, as `new`)
+            for (i, n) in new.enumerated() {
+                if let o = unsafe Tracker.find(was, n.base), o == n {
+                    unsafe table[i] = unsafe slots[slotIndex(containing: n.base)!]
+                } else {
+                    unsafe table[i] = unsafe aside.slots[j]
+                    if let o = unsafe Tracker.find(was, n.base), unsafe slots[slotIndex(containing: o.base)!].resetReport {
+                        unsafe table[i].resetReport = true
+                    }
+                    j &+= 1
+                }
+            }
+        }
+        for s in 0..<slotCount {
+            let o = unsafe slots[s]
+            if Tracker.find(new, o.base).map({ $0.pages == o.pages }) != true { freeSlotStorage(o) }
+        }
+        dirty = aside.dirtyCount
+        bytes = aside.memBytes
+        unsafe Mem.free(slots)
+        memBytes &+= bytes &+ Mem.bytes(cap, SlotRec.self) &- Mem.bytes(slotCap, SlotRec.self)
+        dirtyCount &+= dirty
+        unsafe slots = unsafe table
+        slotCap = cap
+        slotCount = new.count
+        layoutGeneration &+= 1
+        unsafe Mem.free(asideTable); unsafe Mem.free(asideState)
+    }
+
+    /// Chunks below `boundary` of slot `s` take the dirty bits of chunks
+    /// below `boundary` of `other`'s slot `os` (same base, a layout change
+    /// built aside); their hashes are recomputed when next needed.
+    // SAFETY: both slots hold more than `boundary` chunks (the smaller of the two sizes), so the groups read are below both group counts.
+    func copyDirty(below boundary: UInt64, of s: Int, from other: borrowing Engine, _ os: Int) {
+        var c: UInt64 = 0
+        while c < boundary {
+            let g = unsafe group(s, c), og = unsafe other.group(os, c)
+            let bit = c & 63
+            let upto = min(boundary, (c | 63) &+ 1)
+            let cnt = upto &- c
+            let m: UInt64 = cnt == 64 ? ~0 : (((1 as UInt64) &<< cnt) &- 1) &<< bit
+            let was = unsafe g.pointee.dirty & m
+            let now = unsafe og.pointee.dirty & m
+            unsafe g.pointee.dirty = (g.pointee.dirty & ~m) | now
+            dirtyCount &+= now.nonzeroBitCount &- was.nonzeroBitCount
+            c = upto
         }
     }
 }

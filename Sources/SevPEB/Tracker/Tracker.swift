@@ -308,6 +308,16 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     public var memoryBytes: Int { locked { $0.memBytes &+ Tracker.fixedBytes } }
 }
 
+extension Engine {
+    /// An engine over a state no other thread can reach (a layout change
+    /// built aside by `setLayout`, not yet part of any tracker): no lock
+    /// guards it because none is needed.
+    // SAFETY: p is a private EngineState of the caller, reachable by no other thread.
+    static func unshared(_ p: UnsafeMutablePointer<EngineState>) -> Engine {
+        unsafe Engine(lockedState: p, Tracker.LockKey())
+    }
+}
+
 // SAFETY: every access to a Tracker's mutable state happens under its mutex
 // (through `locked`, which alone makes an `Engine`), or through `Atomic`
 // fields; the threading contract in include/sevpeb.h is built on that.
