@@ -155,7 +155,7 @@ extension Engine {
             }
         } catch {
             for s in 0..<aside.slotCount { unsafe aside.freeSlotStorage(aside.slots[s]) }
-            unsafe Mem.free(asideTable); unsafe Mem.free(asideState)
+            unsafe Mem.free(aside.slots); unsafe Mem.free(asideState)   // the aside table as it is now
             unsafe Mem.free(table)
             throw error
         }
@@ -189,7 +189,7 @@ extension Engine {
         slotCap = cap
         slotCount = new.count
         layoutGeneration &+= 1
-        unsafe Mem.free(asideTable); unsafe Mem.free(asideState)
+        unsafe Mem.free(aside.slots); unsafe Mem.free(asideState)
     }
 
     /// Chunks below `boundary` of slot `s` take the dirty bits of chunks
