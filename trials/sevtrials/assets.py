@@ -101,6 +101,28 @@ class _Lock:
         self.f.close()
 
 
+def _busybox_initramfs(busybox_deb, init, extra, initrd, workdir):
+    """Write `initrd`: a gzip'd newc initramfs of busybox (from the
+    busybox-static deb, packed by busybox's own cpio), `init` as /init and
+    the `extra` files in /."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        ex = os.path.join(tmp, "bb")
+        run(["dpkg-deb", "-x", busybox_deb, ex])
+        root = os.path.join(tmp, "root")
+        for d in ("bin", "proc", "sys", "dev", "tmp"):
+            os.makedirs(os.path.join(root, d))
+        bb = os.path.join(root, "bin", "busybox")
+        shutil.copy2(os.path.join(ex, "bin", "busybox"), bb)
+        for f in extra:
+            shutil.copy2(f, root)
+        with open(os.path.join(root, "init"), "w") as f:
+            f.write(init)
+        os.chmod(os.path.join(root, "init"), 0o755)
+        subprocess.run(f"cd '{root}' && find . | '{bb}' cpio -o -H newc 2>/dev/null | gzip -9 > '{initrd}.tmp'",
+                       shell=True, check=True)
+        os.replace(initrd + ".tmp", initrd)
+
+
 def ensure_guest():
     """Build (once) and return {"kernel", "initrd", "fw_dirs"}."""
     base = os.path.join(cache_dir(), "guest")
@@ -130,22 +152,8 @@ def ensure_guest():
         p1.wait()
         kernel = sorted(glob.glob(os.path.join(kdir, "boot", "vmlinuz-*")))[-1]
         # busybox-static -> initramfs (busybox's own cpio; `cpio` is not needed)
-        bdeb = _download("busybox-static", debs)
-        with tempfile.TemporaryDirectory(dir=base) as tmp:
-            ex = os.path.join(tmp, "bb")
-            run(["dpkg-deb", "-x", bdeb, ex])
-            root = os.path.join(tmp, "root")
-            for d in ("bin", "proc", "sys", "dev", "tmp"):
-                os.makedirs(os.path.join(root, d))
-            shutil.copy2(os.path.join(ex, "bin", "busybox"), os.path.join(root, "bin", "busybox"))
-            with open(os.path.join(root, "init"), "w") as f:
-                f.write(INIT_SCRIPT)
-            os.chmod(os.path.join(root, "init"), 0o755)
-            initrd = os.path.join(base, "initramfs.cpio.gz")
-            bb = os.path.join(root, "bin", "busybox")
-            subprocess.run(f"cd '{root}' && find . | '{bb}' cpio -o -H newc 2>/dev/null | gzip -9 > '{initrd}.tmp'",
-                           shell=True, check=True)
-            os.replace(initrd + ".tmp", initrd)
+        initrd = os.path.join(base, "initramfs.cpio.gz")
+        _busybox_initramfs(_download("busybox-static", debs), INIT_SCRIPT, [], initrd, base)
         # firmware: seabios (bios-256k.bin) + qemu-system-data (linuxboot_dma.bin etc.)
         fw = os.path.join(base, "fw")
         shutil.rmtree(fw, ignore_errors=True)
@@ -307,22 +315,8 @@ def ensure_agent(guest):
         cpl3 = os.path.join(out, "cpl3call")
         run(["gcc", "-static", "-nostdlib", "-O2", "-mgeneral-regs-only", "-o", cpl3,
              os.path.join(bdir, "cpl3call.c")])
-        with tempfile.TemporaryDirectory(dir=out) as tmp:
-            ex = os.path.join(tmp, "bb")
-            run(["dpkg-deb", "-x", _download("busybox-static", os.path.join(base, "bb")), ex])
-            r0 = os.path.join(tmp, "root")
-            for d in ("bin", "proc", "sys", "dev", "tmp"):
-                os.makedirs(os.path.join(r0, d))
-            shutil.copy2(os.path.join(ex, "bin", "busybox"), os.path.join(r0, "bin", "busybox"))
-            shutil.copy2(ko, r0)
-            shutil.copy2(cpl3, r0)
-            with open(os.path.join(r0, "init"), "w") as f:
-                f.write(AGENT_INIT)
-            os.chmod(os.path.join(r0, "init"), 0o755)
-            initrd = os.path.join(out, "initramfs-agent.cpio.gz")
-            bb = os.path.join(r0, "bin", "busybox")
-            subprocess.run(f"cd '{r0}' && find . | '{bb}' cpio -o -H newc 2>/dev/null | gzip -9 > '{initrd}'",
-                           shell=True, check=True)
+        initrd = os.path.join(out, "initramfs-agent.cpio.gz")
+        _busybox_initramfs(_download("busybox-static", os.path.join(base, "bb")), AGENT_INIT, [ko, cpl3], initrd, out)
         for old in glob.glob(os.path.join(base, "build-*")):
             if old != out:
                 shutil.rmtree(old, ignore_errors=True)
