@@ -35,18 +35,22 @@ msan=${SANITIZE/fuzzer,/}; msan=${msan/fuzzer/}
 # only buffers the harness sized: -O2 without coverage or ASan, so that they
 # vectorize (with ASan they were a quarter of the roundtrip target's time).
 clang -O2 -g -I "$SRC/fuzzcommon/include" -c "$SRC/fuzzcommon/fuzz_model.c" -o "$OUT/fuzz_model.o"
+# ... checked against one-bit-at-a-time loops before any target uses it.
+clang -O1 -g -fsanitize=address -I "$SRC/fuzzcommon/include" "$SRC/fuzzcommon/fuzz_model_check.c" "$SRC/fuzzcommon/fuzz_model.c" \
+    -o "$OUT/fuzz_model_check" 2> >(grep -v 'Cannot export local symbol' >&2)
+"$OUT/fuzz_model_check" || { echo "fuzz: the reference model's bit loops are wrong (fuzz/common/fuzz_model.c)" >&2; exit 1; }
 # XXH3 (libxxhash-dev, inline): ASan, but no coverage (a library, not our code).
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/hash.c" -o "$OUT/hash.o"
 # The C loops the Swift side calls (copy-out's shifted copy): ASan, no coverage.
 clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/CSevPEBHash/include" -c "$SRC/CSevPEBHash/bits.c" -o "$OUT/bits.o"
-# The seed target links the ioctl interposer's v6/v8 kernel models (no coverage).
+# The seed target links the ioctl interposer's v6/v8 kernel models and their
+# bulk comparison, kvmodel_diff (no coverage: the oracle).
 clang -O2 -g ${msan:+-fsanitize=$msan} -c Tests/c/kvm_interposer.c -o "$OUT/kvm_interposer.o"
-clang -O2 -g ${msan:+-fsanitize=$msan} -I "$SRC/fuzzcommon/kvmodel" -c "$SRC/fuzzcommon/kvmodel/kvmodel_fuzz.c" -o "$OUT/kvmodel_fuzz.o"
 mapfile -t lib < <(find "$SRC/SevPEB" -name '*.swift' | sort)
 for t in "${targets[@]}"; do
     extra=()
     case $t in
-        seed) extra=(-I "$SRC/fuzzcommon/kvmodel" "$OUT/kvm_interposer.o" "$OUT/kvmodel_fuzz.o" -ldl) ;;
+        seed) extra=(-I "$SRC/fuzzcommon/kvmodel" "$OUT/kvm_interposer.o" -ldl) ;;
         qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
         setlayout) extra=("$SRC/shared/LayoutReference.swift") ;;  # shared with LayoutTests
     esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Bounded libFuzzer runs of every target (README test command: --seconds 45).
+# Bounded libFuzzer runs of every target (README test command: --seconds 30).
 #
-#   fuzz/run.sh [--seconds N] [--no-build] [target...]
-#       build (fuzz/build.sh), then run each target for N seconds (default 60)
+#   fuzz/run.sh [--seconds N] [--runs R] [--no-build] [target...]
+#       build (fuzz/build.sh), then run each target for N seconds (default 60),
+#       or until it made R executions if that comes first,
 #       on a work copy of its committed corpus (fuzz/corpus/<target>/: seeds
 #       from real encodings + every input that ever crashed, replayed first),
 #       with the format dictionary fuzz/sevpeb.dict. Prints exec counts; exits
@@ -10,7 +11,7 @@
 #       differential check (the input is saved as fuzz/artifacts/<target>-*).
 #
 #   Long runs (hours; new corpus entries accumulate in fuzz/corpus-work/):
-#       fuzz/run.sh --seconds 14400 decode roundtrip
+#       fuzz/run.sh --seconds 14400 --runs 10000000 decode roundtrip
 #   (swiftc has no -sanitize=undefined: Swift traps on overflow and bounds by
 #   itself, and the fuzzers run -O with those checks on; UBSan covers the C
 #   side in Tests/c/stress.sh.)
@@ -20,11 +21,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=60
+RUNS=-1
 BUILD=1
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_EACH=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) sed -n 2,20p "$0"; exit 0 ;;
         *) targets+=("$1"); shift ;;
@@ -46,7 +49,7 @@ for t in "${targets[@]}"; do
     work=fuzz/corpus-work/$t
     mkdir -p "$work" "fuzz/corpus/$t"
     log=fuzz/artifacts/$t.log
-    "$OUT/$t" -max_total_time="$SECONDS_EACH" -max_len=8192 -timeout=20 -rss_limit_mb=3072 \
+    "$OUT/$t" -max_total_time="$SECONDS_EACH" -runs="$RUNS" -max_len=8192 -timeout=20 -rss_limit_mb=3072 \
         -dict=fuzz/sevpeb.dict -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t-" \
         "$work" "fuzz/corpus/$t" >"$log" 2>&1
     rc=$?
@@ -61,8 +64,9 @@ for t in "${targets[@]}"; do
         fail=$((fail + 1)); st="FAILED (rc $rc, see $log)"
         grep -E 'FUZZ CHECK FAILED|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY|Test unit written' "$log" | head -8
     fi
+    secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o '[0-9]* second' | grep -o '[0-9]*' || true)
     line=$(printf 'fuzz %-10s %8s execs in %ss (%s exec/s), cov %s, ft %s, corpus %s files (%s KiB on disk): %s' "$t" "${execs:-?}" \
-        "$SECONDS_EACH" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corp" "$(du -sk "$work" | cut -f1)" "$st")
+        "${secs:-$SECONDS_EACH}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corp" "$(du -sk "$work" | cut -f1)" "$st")
     echo "$line"; summary+=("$line")
 done
 echo "---"

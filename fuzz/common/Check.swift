@@ -38,24 +38,13 @@ extension Tracker {
     }
 }
 
-/// Bits of [gfn, gfn+n) from the tracker, as one byte per page.
-func trackerPages(_ t: Tracker, _ base: UInt64, _ n: Int) -> [UInt8] {
-    var buf = [UInt8](repeating: 0, count: (n + 7) / 8)
-    do throws(SevError) {
-        try buf.withUnsafeMutableBufferPointer { (b) throws(SevError) in try t.getBitmap(base, UInt64(n), b.baseAddress!, b.count) }
-    } catch { fuzzFail("getBitmap of slot \(hex(base)) + \(n): \(error.message)") }
-    var out = [UInt8](repeating: 0, count: n)
-    buf.withUnsafeBufferPointer { b in out.withUnsafeMutableBufferPointer { o in _ = fz_get_bits(b.baseAddress!, 0, o.baseAddress!, n) } }
-    return out
-}
-
 /// The whole state of a tracker as a model (layout and bits).
 func snapshotModel(_ t: Tracker) -> RefModel {
     var m = RefModel()
     for s in t.slotList {
-        let bits = trackerPages(t, s.base, Int(s.pages))
-        m.slots.append(RefModel.Slot(base: s.base, bits: bits))
-        m.shared += UInt64(bits.withUnsafeBufferPointer { fz_count($0.baseAddress!, $0.count, 0) })
+        let slot = withPackedBits(t, s.base, s.pages, "snapshot") { RefModel.Slot(base: s.base, pages: Int(s.pages), packed: $0) }
+        m.slots.append(slot)
+        m.shared += UInt64(slot.count(0, slot.pages, 0))
     }
     m.control = t.migrationControl
     return m
@@ -67,13 +56,12 @@ func expectEqual(_ t: Tracker, _ m: RefModel, _ what: String, digest: Bool = fal
     if let v = t.fuzzInvariantViolation() { fuzzFail("\(what): invariant: \(v)") }
     if t.slotList != m.slotList { fuzzFail("\(what): layout \(t.slotList) != model \(m.slotList)") }
     for s in m.slots {
-        // The tracker's packed bits against the model's bytes, in C (an
-        // unpacked copy of every slot was a third of the roundtrip target's time).
-        let (k, got) = withPackedBits(t, s.base, UInt64(s.bits.count), what) { b -> (Int, UInt8) in
-            let k = s.bits.withUnsafeBufferPointer { m in fz_cmp_bits(b.baseAddress!, m.baseAddress!, m.count) }
-            return (k, k < s.bits.count ? (b[k / 8] >> UInt8(k % 8)) & 1 : 0)
+        // The tracker's packed bits against the model's, in C.
+        let (k, got) = withPackedBits(t, s.base, UInt64(s.pages), what) { b -> (Int, UInt8) in
+            let k = s.bits.withUnsafeBufferPointer { m in fz_diff(b.baseAddress!, m.baseAddress!, s.pages) }
+            return (k, k < s.pages ? (b[k / 8] >> UInt8(k % 8)) & 1 : 0)
         }
-        if k != s.bits.count { fuzzFail("\(what): page \(hex(s.base + UInt64(k))) is \(got), model \(s.bits[k])") }
+        if k != s.pages { fuzzFail("\(what): page \(hex(s.base + UInt64(k))) is \(got), model \(s.bit(k))") }
     }
     let (pages, shared) = t.totals()
     if pages != m.totalPages || shared != m.shared { fuzzFail("\(what): totals \(pages)/\(shared), model \(m.totalPages)/\(m.shared)") }

@@ -1,27 +1,55 @@
 import CSevPEBShims
 import FuzzModelC
 
-/// The naive reference model of the tracker: one byte per page per slot
-/// (1 = private, 0 = shared), every rule of include/sevpeb.h written out the
-/// obvious way, including the errno each call must return. The fuzzers and
-/// the Swift stress test compare the real tracker with it after every op.
+/// The naive reference model of the tracker: a flat bitmap per slot, one
+/// bit per page, LSB first (1 = private, 0 = shared; bits past the slot's
+/// end are 0), every rule of include/sevpeb.h written out the obvious way,
+/// including the errno each call must return. No chunks, no uniform
+/// encoding, no caches: what the tracker keeps cleverly, the model keeps
+/// flat. The fuzzers compare the real tracker with it after every op.
 struct RefModel {
-    struct Slot: Equatable { var base: UInt64; var bits: [UInt8] }
+    struct Slot: Equatable {
+        var base: UInt64
+        var pages: Int
+        var bits: [UInt8]
+        init(base: UInt64, pages: Int, value: UInt8) {
+            self.base = base
+            self.pages = pages
+            bits = [UInt8](repeating: value != 0 ? 0xff : 0, count: (pages + 7) / 8)
+            if value != 0 && pages % 8 != 0 { bits[bits.count - 1] = UInt8(1 << (pages % 8) - 1) }
+        }
+        /// Slot s's bits, packed as the tracker's getBitmap writes them.
+        init(base: UInt64, pages: Int, packed: UnsafeBufferPointer<UInt8>) {
+            self.init(base: base, pages: pages, value: 0)
+            bits.withUnsafeMutableBufferPointer { fz_copy($0.baseAddress!, 0, packed.baseAddress!, 0, pages) }
+        }
+        func bit(_ k: Int) -> UInt8 { (bits[k >> 3] >> UInt8(k & 7)) & 1 }
+        func count(_ off: Int, _ n: Int, _ v: UInt8) -> Int {
+            bits.withUnsafeBufferPointer { fz_count($0.baseAddress!, off, n, Int32(v)) }
+        }
+        mutating func fill(_ off: Int, _ n: Int, _ v: UInt8) -> Int {
+            bits.withUnsafeMutableBufferPointer { fz_fill($0.baseAddress!, off, n, Int32(v)) }
+        }
+        /// First page at or after `from` whose bit is v, or `pages`.
+        func find(_ from: Int, _ v: UInt8) -> Int {
+            bits.withUnsafeBufferPointer { fz_find($0.baseAddress!, from, pages, Int32(v)) }
+        }
+    }
     var slots: [Slot] = []
     var shared: UInt64 = 0
     var control: UInt64 = 0
     /// Total pages the model is willing to hold (memory of the fuzz process).
     var pageBudget = 3 << 20
 
-    var totalPages: UInt64 { slots.reduce(0) { $0 + UInt64($1.bits.count) } }
-    var slotList: [Tracker.Slot] { slots.map { Tracker.Slot(base: $0.base, pages: UInt64($0.bits.count)) } }
+    var totalPages: UInt64 { slots.reduce(0) { $0 + UInt64($1.pages) } }
+    var slotList: [Tracker.Slot] { slots.map { Tracker.Slot(base: $0.base, pages: UInt64($0.pages)) } }
     var anchors: [UInt64] {
         var a: [UInt64] = []
-        for s in slots { a.append(s.base); a.append(s.base + UInt64(s.bits.count)) }
+        for s in slots { a.append(s.base); a.append(end(s)) }
         return a
     }
 
-    func end(_ s: Slot) -> UInt64 { s.base + UInt64(s.bits.count) }
+    func end(_ s: Slot) -> UInt64 { s.base + UInt64(s.pages) }
 
     func slotIndex(_ gfn: UInt64) -> Int? {
         for (i, s) in slots.enumerated() where gfn >= s.base && gfn < end(s) { return i }
@@ -43,7 +71,7 @@ struct RefModel {
 
     func get(_ gfn: UInt64) -> UInt8 {
         let i = slotIndex(gfn)!
-        return slots[i].bits[Int(gfn - slots[i].base)]
+        return slots[i].bit(Int(gfn - slots[i].base))
     }
 
     /// Visit [gfn, gfn+n) (valid) as (slot, offset in slot, count, offset from gfn).
@@ -58,21 +86,13 @@ struct RefModel {
         }
     }
 
-    mutating func put(_ i: Int, _ k: Int, _ v: UInt8) {
-        let old = slots[i].bits[k]
-        if old != v {
-            if v == 0 { shared += 1 } else { shared -= 1 }
-            slots[i].bits[k] = v
-        }
-    }
-
     mutating func setRange(_ gfn: UInt64, _ n: UInt64, _ v: UInt8) -> Int32 {
         let r = checkRange(gfn, n)
         if r != 0 { return r }
         var segs: [(Int, Int, Int)] = []
         segments(gfn, n) { i, off, cnt, _ in segs.append((i, off, cnt)) }
         for (i, off, cnt) in segs {
-            let flipped = slots[i].bits.withUnsafeMutableBufferPointer { b in fz_set(b.baseAddress! + off, cnt, v) }
+            let flipped = slots[i].fill(off, cnt, v)
             if v == 0 { shared += UInt64(flipped) } else { shared -= UInt64(flipped) }
         }
         return 0
@@ -89,12 +109,11 @@ struct RefModel {
         var segs: [(Int, Int, Int, Int)] = []
         segments(gfn, n) { i, off, cnt, o in segs.append((i, off, cnt, o)) }
         for (i, off, cnt, o) in segs {
-            let before = UInt64(slots[i].bits.withUnsafeBufferPointer { fz_count($0.baseAddress! + off, cnt, 0) })
+            let before = UInt64(slots[i].count(off, cnt, 0))
             src.withUnsafeBufferPointer { s in
-                slots[i].bits.withUnsafeMutableBufferPointer { b in _ = fz_get_bits(s.baseAddress!, o, b.baseAddress! + off, cnt) }
+                slots[i].bits.withUnsafeMutableBufferPointer { b in fz_copy(b.baseAddress!, off, s.baseAddress!, o, cnt) }
             }
-            let after = UInt64(slots[i].bits.withUnsafeBufferPointer { fz_count($0.baseAddress! + off, cnt, 0) })
-            shared = shared - before + after
+            shared = shared - before + UInt64(slots[i].count(off, cnt, 0))
         }
         return 0
     }
@@ -108,7 +127,7 @@ struct RefModel {
         var out = dst
         segments(gfn, n) { i, off, cnt, o in
             slots[i].bits.withUnsafeBufferPointer { p in
-                out.withUnsafeMutableBufferPointer { d in fz_put_bits(d.baseAddress!, o, p.baseAddress! + off, cnt) }
+                out.withUnsafeMutableBufferPointer { d in fz_copy(d.baseAddress!, o, p.baseAddress!, off, cnt) }
             }
         }
         return (0, out)
@@ -123,9 +142,7 @@ struct RefModel {
         let r = checkRange(gfn, n)
         if r != 0 { return Int64(-r) }
         var c: Int64 = 0
-        segments(gfn, n) { i, off, cnt, _ in
-            c += Int64(slots[i].bits.withUnsafeBufferPointer { fz_count($0.baseAddress! + off, cnt, 0) })
-        }
+        segments(gfn, n) { i, off, cnt, _ in c += Int64(slots[i].count(off, cnt, 0)) }
         return c
     }
 
@@ -139,16 +156,16 @@ struct RefModel {
             if let st = start {
                 // A run is open: does it continue into this slot?
                 if prevEnd != s.base { return (st, prevEnd! - st) }
-                let k = find(s, 0, 1)
-                if k < s.bits.count { return (st, s.base + UInt64(k) - st) }
+                let k = s.find(0, 1)
+                if k < s.pages { return (st, s.base + UInt64(k) - st) }
                 prevEnd = end(s)
                 continue
             }
-            var k = find(s, from > s.base ? Int(from - s.base) : 0, 0)
-            if k == s.bits.count { prevEnd = end(s); continue }
+            var k = s.find(from > s.base ? Int(from - s.base) : 0, 0)
+            if k == s.pages { prevEnd = end(s); continue }
             let st = s.base + UInt64(k)
-            k = find(s, k, 1)
-            if k < s.bits.count { return (st, s.base + UInt64(k) - st) }
+            k = s.find(k, 1)
+            if k < s.pages { return (st, s.base + UInt64(k) - st) }
             start = st
             prevEnd = end(s)
         }
@@ -156,13 +173,8 @@ struct RefModel {
         return nil
     }
 
-    /// First index at or after `from` in slot s whose byte is v, or the count.
-    func find(_ s: Slot, _ from: Int, _ v: UInt8) -> Int {
-        s.bits.withUnsafeBufferPointer { from + fz_find($0.baseAddress! + from, $0.count - from, v) }
-    }
-
     mutating func reset() {
-        for i in slots.indices { _ = slots[i].bits.withUnsafeMutableBufferPointer { fz_set($0.baseAddress!, $0.count, 1) } }
+        for i in slots.indices { _ = slots[i].fill(0, slots[i].pages, 1) }
         shared = 0
     }
 
@@ -175,14 +187,14 @@ struct RefModel {
         for s in slots where base < end(s) && s.base < e { return EEXIST }
         if slots.count >= Tracker.maxSlots { return ENOSPC }
         if totalPages + pages > UInt64(pageBudget) { return nil }
-        slots.append(Slot(base: base, bits: [UInt8](repeating: 1, count: Int(pages))))
+        slots.append(Slot(base: base, pages: Int(pages), value: 1))
         slots.sort { $0.base < $1.base }
         return 0
     }
 
     mutating func removeSlot(_ base: UInt64) -> Int32 {
         guard let i = slots.firstIndex(where: { $0.base == base }) else { return ENOENT }
-        shared -= UInt64(slots[i].bits.withUnsafeBufferPointer { fz_count($0.baseAddress!, $0.count, 0) })
+        shared -= UInt64(slots[i].count(0, slots[i].pages, 0))
         slots.remove(at: i)
         return 0
     }
@@ -192,15 +204,20 @@ struct RefModel {
         let (e, o) = base.addingReportingOverflow(pages)
         if o || e > Tracker.gfnLimit { return ERANGE }
         guard let i = slots.firstIndex(where: { $0.base == base }) else { return ENOENT }
-        let old = slots[i].bits.count
-        if pages == UInt64(old) { return 0 }
+        let old = slots[i].pages, new = Int(pages)
+        if new == old { return 0 }
         if i + 1 < slots.count && e > slots[i + 1].base { return EEXIST }
-        if pages > UInt64(old) {
-            if totalPages + (pages - UInt64(old)) > UInt64(pageBudget) { return nil }
-            slots[i].bits += [UInt8](repeating: 1, count: Int(pages) - old)
+        if new > old {
+            if totalPages + UInt64(new - old) > UInt64(pageBudget) { return nil }
+            // grown pages are private; the bits past the old end were 0
+            slots[i].bits += [UInt8](repeating: 0, count: (new + 7) / 8 - slots[i].bits.count)
+            slots[i].pages = new
+            _ = slots[i].fill(old, new - old, 1)
         } else {
-            shared -= UInt64(slots[i].bits.withUnsafeBufferPointer { fz_count($0.baseAddress! + Int(pages), old - Int(pages), 0) })
-            slots[i].bits.removeLast(old - Int(pages))
+            shared -= UInt64(slots[i].count(new, old - new, 0))
+            _ = slots[i].fill(new, old - new, 0)     // keep the bits past the end 0
+            slots[i].bits.removeLast(slots[i].bits.count - (new + 7) / 8)
+            slots[i].pages = new
         }
         return 0
     }
@@ -217,13 +234,13 @@ struct RefModel {
 
     func chunkHash(_ s: Slot, _ c: Int) -> UInt64 {
         let start = c * Geometry.chunkPages
-        let len = min(Geometry.chunkPages, s.bits.count - start)
-        let words = (len + 63) / 64
-        var packed = [UInt8](repeating: 0, count: words * 8)
+        let len = min(Geometry.chunkPages, s.pages - start)
+        // The chunk's words as little-endian bytes are exactly its packed
+        // bits (a chunk starts on a byte boundary; bits past the end are 0).
+        var packed = [UInt8](repeating: 0, count: (len + 63) / 64 * 8)
         s.bits.withUnsafeBufferPointer { p in
-            packed.withUnsafeMutableBufferPointer { d in fz_put_bits(d.baseAddress!, 0, p.baseAddress! + start, len) }
+            packed.withUnsafeMutableBufferPointer { d in fz_copy(d.baseAddress!, 0, p.baseAddress!, start, len) }
         }
-        // The words as little-endian bytes are exactly the packed bytes.
         return packed.withUnsafeBytes { XXH3.hash(bytes: $0.baseAddress!, count: $0.count) }
     }
 
@@ -231,8 +248,8 @@ struct RefModel {
         var x = XXH3()
         for s in slots {
             x.add(s.base)
-            x.add(UInt64(s.bits.count))
-            let nch = (s.bits.count + Geometry.chunkPages - 1) / Geometry.chunkPages
+            x.add(UInt64(s.pages))
+            let nch = (s.pages + Geometry.chunkPages - 1) / Geometry.chunkPages
             var g = 0
             while g * 64 < nch {
                 var gx = XXH3()

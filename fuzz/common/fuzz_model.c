@@ -1,89 +1,89 @@
 #include "fuzz_model.h"
 #include <string.h>
 
-/* Built -O2 without sanitizers or coverage (fuzz/build.sh): the loops are
- * written so that the compiler vectorizes them (8 pages per packed byte). */
+/* Built -O2 without sanitizers or coverage (fuzz/build.sh). Whole bytes go
+ * through memset / memcmp / memcpy and a popcount per 64-bit word; only the
+ * partial bytes at either end are handled bit by bit. */
 
-size_t fz_set(uint8_t *p, size_t n, uint8_t v)
+static inline int bit(const uint8_t *p, size_t i) { return (p[i >> 3] >> (i & 7)) & 1; }
+static inline void put(uint8_t *p, size_t i, int v)
 {
-    size_t c = n - fz_count(p, n, v);
-    memset(p, v, n);
-    return c;
+    uint8_t m = (uint8_t)(1u << (i & 7));
+    if (v) p[i >> 3] |= m; else p[i >> 3] &= (uint8_t)~m;
 }
-size_t fz_count(const uint8_t *p, size_t n, uint8_t v)
+
+size_t fz_count(const uint8_t *p, size_t off, size_t n, int v)
 {
-    size_t c = 0;
-    for (size_t i = 0; i < n; i++) c += p[i] == v;
-    return c;
-}
-size_t fz_find(const uint8_t *p, size_t n, uint8_t v)
-{
-    const void *q = memchr(p, v, n);
-    return q ? (size_t)((const uint8_t *)q - p) : n;
-}
-/* Eight pages (bytes, nonzero = 1) as one packed byte, LSB first. */
-static inline uint8_t pack8(const uint8_t *p)
-{
-    uint8_t b = 0;
-    for (int k = 0; k < 8; k++) b |= (uint8_t)((p[k] != 0) << k);
-    return b;
-}
-void fz_put_bits(uint8_t *dst, size_t off, const uint8_t *pages, size_t n)
-{
-    size_t i = 0;
-    /* head up to a byte boundary of dst, then whole bytes, then the tail */
-    for (; i < n && ((off + i) & 7); i++) {
-        size_t b = off + i;
-        uint8_t m = (uint8_t)(1u << (b & 7));
-        if (pages[i]) dst[b >> 3] |= m; else dst[b >> 3] &= (uint8_t)~m;
+    size_t ones = 0, i = off, e = off + n;
+    for (; i < e && (i & 7); i++) ones += bit(p, i);
+    const uint8_t *q = p + (i >> 3);
+    size_t bytes = (e - i) >> 3;
+    size_t k = 0;
+    for (; k + 8 <= bytes; k += 8) {
+        uint64_t w;
+        memcpy(&w, q + k, 8);
+        ones += (size_t)__builtin_popcountll(w);
     }
-    uint8_t *d = dst + ((off + i) >> 3);
-    for (; i + 8 <= n; i += 8) *d++ = pack8(pages + i);
-    for (; i < n; i++) {
-        size_t b = off + i;
-        uint8_t m = (uint8_t)(1u << (b & 7));
-        if (pages[i]) dst[b >> 3] |= m; else dst[b >> 3] &= (uint8_t)~m;
-    }
+    for (; k < bytes; k++) ones += (size_t)__builtin_popcount(q[k]);
+    for (i += bytes << 3; i < e; i++) ones += bit(p, i);
+    return v ? ones : n - ones;
 }
-size_t fz_get_bits(const uint8_t *src, size_t off, uint8_t *pages, size_t n)
+
+size_t fz_fill(uint8_t *p, size_t off, size_t n, int v)
 {
-    size_t c = 0, i = 0;
-    for (; i < n && ((off + i) & 7); i++) {
-        size_t b = off + i;
-        uint8_t v = (src[b >> 3] >> (b & 7)) & 1;
-        c += pages[i] != v;
-        pages[i] = v;
+    size_t changed = n - fz_count(p, off, n, v);
+    size_t i = off, e = off + n;
+    for (; i < e && (i & 7); i++) put(p, i, v);
+    size_t bytes = (e - i) >> 3;
+    memset(p + (i >> 3), v ? 0xff : 0, bytes);
+    for (i += bytes << 3; i < e; i++) put(p, i, v);
+    return changed;
+}
+
+size_t fz_find(const uint8_t *p, size_t from, size_t end, int v)
+{
+    size_t i = from;
+    for (; i < end && (i & 63); i++) if (bit(p, i) == v) return i;
+    for (; i + 64 <= end; i += 64) {
+        uint64_t w;
+        memcpy(&w, p + (i >> 3), 8);
+        if (!v) w = ~w;
+        if (w) return i + (size_t)__builtin_ctzll(w);
     }
-    const uint8_t *s = src + ((off + i) >> 3);
-    for (; i + 8 <= n; i += 8, s++) {
-        uint8_t sb = *s;
-        if (pack8(pages + i) == sb) {
-            /* the common case: nothing changes (still normalize to 0/1) */
-            for (int k = 0; k < 8; k++) pages[i + k] = (sb >> k) & 1;
-            continue;
+    for (; i < end; i++) if (bit(p, i) == v) return i;
+    return end;
+}
+
+void fz_copy(uint8_t *dst, size_t doff, const uint8_t *src, size_t soff, size_t n)
+{
+    size_t k = 0;
+    if (((doff ^ soff) & 7) == 0) {
+        /* same position in the byte: bits up to a byte boundary, then memcpy */
+        for (; k < n && ((doff + k) & 7); k++) put(dst, doff + k, bit(src, soff + k));
+        size_t bytes = (n - k) >> 3;
+        memcpy(dst + ((doff + k) >> 3), src + ((soff + k) >> 3), bytes);
+        k += bytes << 3;
+    } else {
+        /* shifted: whole destination bytes from two source bytes each */
+        for (; k < n && ((doff + k) & 7); k++) put(dst, doff + k, bit(src, soff + k));
+        unsigned sh = (unsigned)((soff + k) & 7);      /* nonzero here */
+        for (; k + 8 <= n; k += 8) {
+            size_t sb = (soff + k) >> 3;
+            /* bit 7 of this byte is source bit sh + 7 >= 8: byte sb + 1 is in the copy */
+            dst[(doff + k) >> 3] = (uint8_t)((src[sb] >> sh) | (src[sb + 1] << (8 - sh)));
         }
-        for (int k = 0; k < 8; k++) {
-            uint8_t v = (sb >> k) & 1;
-            c += pages[i + k] != v;
-            pages[i + k] = v;
-        }
     }
-    for (; i < n; i++) {
-        size_t b = off + i;
-        uint8_t v = (src[b >> 3] >> (b & 7)) & 1;
-        c += pages[i] != v;
-        pages[i] = v;
-    }
-    return c;
+    for (; k < n; k++) put(dst, doff + k, bit(src, soff + k));
 }
-size_t fz_cmp_bits(const uint8_t *packed, const uint8_t *pages, size_t n)
+
+size_t fz_diff(const uint8_t *a, const uint8_t *b, size_t n)
 {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        if (packed[i >> 3] != pack8(pages + i)) break;
+    size_t bytes = n >> 3, i = 0;
+    if (memcmp(a, b, bytes) != 0) {
+        for (; i < bytes && a[i] == b[i]; i++) {}
+    } else {
+        i = bytes;
     }
-    for (; i < n; i++) {
-        if (((packed[i >> 3] >> (i & 7)) & 1) != (pages[i] != 0)) return i;
-    }
+    for (size_t k = i << 3; k < n; k++) if (bit(a, k) != bit(b, k)) return k;
     return n;
 }

@@ -22,6 +22,6 @@ static inline int kvmodel_memslot(int fd, uint32_t slot, uint64_t base_gfn, uint
 
 
 /* First i < npages where the model's bit of gfn + i differs from bit i of
- * bits (LSB first; bits NULL: all 1), or -1. kvmodel_fuzz.c, no coverage. */
+ * bits (LSB first; bits NULL: all 1), or -1 (in the interposer, no coverage). */
 int64_t kvmodel_diff(int fd, uint64_t gfn, uint64_t npages, const uint8_t *bits);
 #endif
