@@ -41,8 +41,15 @@
  *     overlap each other (QEMU: one migration thread / the incoming
  *     coroutine). They may overlap updates: a page changed while the encoder
  *     runs is sent again by a later iterate or by complete.
- *   - Internally one short mutex guards each operation; no callback is
- *     called with it held, so callbacks may call back into the library.
+ *   - Internally one short mutex guards each operation, except an update
+ *     that changes pages inside one 64-bit word of a mixed 64 MiB chunk (or
+ *     finds a uniform chunk already in that state): it takes no mutex, only
+ *     an atomic read-modify-write of the word and of the chunk's dirty bit,
+ *     so such updates from different threads run in parallel. Every locked
+ *     operation first waits out the lock-free updates in flight and holds
+ *     new ones off until it is done, so each operation still sees the state
+ *     at one instant. No callback is called with the mutex held or inside a
+ *     lock-free update, so callbacks may call back into the library.
  *   - sevpeb_tracker_destroy must not race with any other call on the same
  *     tracker.
  *   - Hot paths (single-range updates, completion with nothing changed)

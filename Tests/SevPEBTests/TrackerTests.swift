@@ -13,6 +13,13 @@ import SevPEBTestSupport
         #expect(PageState(private: true) == .private && PageState(private: false) == .shared)
     }
 
+    /// The update fast path reaches these group fields by byte offset.
+    @Test func groupFieldOffsetsOfTheFastPath() {
+        #expect(MemoryLayout<Group>.offset(of: \Group.dirty) == Group.dirtyOffset)
+        #expect(MemoryLayout<Group>.offset(of: \Group.hashOK) == Group.hashOKOffset)
+        #expect(MemoryLayout<Group>.offset(of: \Group.hashValid) == Group.hashValidOffset)
+    }
+
     @Test func defaultsPrivateAndLayoutErrors() throws {
         let t = try Tracker.create()
         #expect(errno { () throws(SevError) in try t.addSlot(base: 0, pages: 0) } == EINVAL)

@@ -6,7 +6,10 @@
 #   2. The same program under ThreadSanitizer, linked against a TSan-
 #      instrumented build of the library sources (ordinary Swift, swiftc
 #      -sanitize=thread): STRESS_TSAN_RUNS runs (default 1000).
-#   3. Tests/c/abuse.c against the installed archive under ASan + LSan + UBSan:
+#   3. Tests/c/hammer.c (the update fast path: 8 threads on one chunk's words
+#      while the encoder runs) against the archive and under TSan, and its
+#      negative control (a library whose fast path skips the dirty bit fails).
+#   4. Tests/c/abuse.c against the installed archive under ASan + LSan + UBSan:
 #      create/destroy cycles, every error path, writers/readers failing at
 #      every offset, truncation and corruption at every byte.
 #   Tests/c/stress.sh [runs]     PREFIX=... (default $SEVPEB_PREFIX or a temp prefix)
@@ -38,13 +41,37 @@ mapfile -t lib < <(find "$T/src/SevPEB" -name '*.swift' | sort)
 clang -O1 -g -fsanitize=thread -I "$T/src/CSevPEBShims/include" -c "$T/src/CSevPEBShims/shims.c" -o "$T/shims.o" &&
 clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/hash.c" -o "$T/hash.o" &&
 clang -O2 -g -fsanitize=thread -I "$T/src/CSevPEBHash/include" -c "$T/src/CSevPEBHash/bits.c" -o "$T/bits.o" &&
-clang -std=gnu11 -O1 -g -fsanitize=thread -I include -c Tests/c/stress.c -o "$T/stress.o" &&
-swiftc -parse-as-library -module-name SevPEB -package-name sevpeb -O -g -sanitize=thread \
-    -I "$T/src/CSevPEBShims/include" -I "$T/src/CSevPEBHash/include" -I "$T/src/CSevPEB/include" "${lib[@]}" \
-    "$T/shims.o" "$T/hash.o" "$T/bits.o" "$T/stress.o" \
-    -o "$T/stress-tsan" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2) &&
+# tsan_link PROGRAM.c OUTPUT [swiftc flags]: the program against the TSan build of the library
+tsan_link() {
+    local prog=$1 exe=$2; shift 2
+    clang -std=gnu11 -O1 -g -fsanitize=thread -I include -c "$prog" -o "$exe.o" &&
+    swiftc -parse-as-library -module-name SevPEB -package-name sevpeb -O -g -sanitize=thread "$@" \
+        -I "$T/src/CSevPEBShims/include" -I "$T/src/CSevPEBHash/include" -I "$T/src/CSevPEB/include" "${lib[@]}" \
+        "$T/shims.o" "$T/hash.o" "$T/bits.o" "$exe.o" \
+        -o "$exe" 2> >(grep -v 'ld.gold: warning: Cannot export local symbol' >&2)
+}
+tsan_link Tests/c/stress.c "$T/stress-tsan" &&
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "$T/stress-tsan" "$TSAN_RUNS"
 result $? "stress (TSan)"
+
+# The update fast path (no mutex) under contention: 8 threads on one chunk's
+# words with the encoder beside them; then the same under TSan; then the
+# negative control: a library built so that a fast update does not mark its
+# chunk dirty must fail (the destination misses the update).
+echo "== hammer: 8 threads on the words of one chunk, encoder beside them (archive, then TSan)"
+gcc $CFLAGS -O2 Tests/c/hammer.c -o "$OUT/hammer" $PC && "$OUT/hammer" "${HAMMER_ROUNDS:-20}" 1000000
+result $? "hammer (archive)"
+tsan_link Tests/c/hammer.c "$T/hammer-tsan" && TSAN_OPTIONS="halt_on_error=1" "$T/hammer-tsan" 5 100000
+result $? "hammer (TSan)"
+if tsan_link Tests/c/hammer.c "$T/hammer-fault" -D SEVPEB_FAULT_FAST_PATH_NO_DIRTY; then
+    if "$T/hammer-fault" 3 20000 >"$T/hammer-fault.log" 2>&1; then
+        echo "stress.sh: the hammer passed against a library whose fast path skips the dirty bit: it cannot fail"; result 1 "hammer negative control"
+    else
+        echo "negative control: fast path without the dirty bit -> $(grep -c 'destination\|commit\|digests' "$T/hammer-fault.log") detections, e.g.:"
+        grep -m1 -E 'destination|commit|digests' "$T/hammer-fault.log"
+        result 0 "hammer negative control"
+    fi
+else result 1 "hammer negative control (build)"; fi
 
 echo "== C ABI under ASan + LSan + UBSan: error paths, failing callbacks, corruption"
 gcc $CFLAGS -O1 -fsanitize=address,undefined -fno-sanitize-recover=all Tests/c/abuse.c -o "$OUT/abuse" $PC &&

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,91 @@ static inline void sevpeb_shim_mutex_free(pthread_mutex_t *m)
 }
 static inline void sevpeb_shim_mutex_lock(pthread_mutex_t *m) { pthread_mutex_lock(m); }
 static inline void sevpeb_shim_mutex_unlock(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
+
+/* ---- the tracker's update gate (Tracker.swift, "fast path") ----
+ * Lets single-word page updates run without the mutex while keeping every
+ * locked operation exclusive: an updater announces itself in its thread's
+ * counter and proceeds only if the gate is open; a locked operation closes
+ * the gate and waits until every counter is 0, so it never overlaps a fast
+ * update (a per-thread-slot reader count: percpu-rwsem's idea, 8 slots). */
+#define SEVPEB_GATE_SLOTS 8
+struct sevpeb_gate_slot {
+    unsigned long inside;                   /* fast updaters in flight */
+    char pad[64 - sizeof(unsigned long)];   /* one cache line each (the gate is 64-aligned) */
+};
+typedef struct sevpeb_gate {
+    struct sevpeb_gate_slot slot[SEVPEB_GATE_SLOTS];
+    int closed;                             /* 1 while a locked operation runs */
+} sevpeb_gate;
+
+static inline sevpeb_gate *sevpeb_shim_gate_new(void)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, sizeof(sevpeb_gate)) != 0) {
+        return NULL;
+    }
+    memset(p, 0, sizeof(sevpeb_gate));
+    return (sevpeb_gate *)p;
+}
+static inline void sevpeb_shim_gate_free(sevpeb_gate *g) { free(g); }
+static inline size_t sevpeb_shim_gate_size(void) { return sizeof(sevpeb_gate); }
+
+/* This thread's counter: threads are spread over the slots in the order they
+ * first update (threads sharing a slot stay correct, they only share a line). */
+static inline unsigned sevpeb_shim_gate_slot(void)
+{
+    static _Thread_local unsigned mine;     /* 1 + slot; 0 = not chosen yet */
+    static unsigned next;
+    if (__builtin_expect(mine == 0, 0)) {
+        mine = 1 + __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % SEVPEB_GATE_SLOTS;
+    }
+    return mine - 1;
+}
+/* Enter for one fast update: the slot + 1, or 0 if the gate is closed (take
+ * the mutex instead). Announce first, then look (both seq_cst; the closer
+ * stores, then looks: one of the two sees the other). */
+static inline unsigned sevpeb_shim_gate_enter(sevpeb_gate *g)
+{
+    unsigned i = sevpeb_shim_gate_slot();
+    __atomic_fetch_add(&g->slot[i].inside, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&g->closed, __ATOMIC_SEQ_CST)) {
+        __atomic_fetch_sub(&g->slot[i].inside, 1, __ATOMIC_RELEASE);
+        return 0;
+    }
+    return i + 1;
+}
+static inline void sevpeb_shim_gate_leave(sevpeb_gate *g, unsigned token)
+{
+    __atomic_fetch_sub(&g->slot[token - 1].inside, 1, __ATOMIC_RELEASE);
+}
+/* With the mutex held: close the gate and wait out the fast updates in flight
+ * (each is a few dozen instructions; yield if one was preempted). */
+static inline void sevpeb_shim_gate_close(sevpeb_gate *g)
+{
+    __atomic_store_n(&g->closed, 1, __ATOMIC_SEQ_CST);
+    for (unsigned i = 0; i < SEVPEB_GATE_SLOTS; i++) {
+        for (unsigned spins = 0; __atomic_load_n(&g->slot[i].inside, __ATOMIC_ACQUIRE) != 0; spins++) {
+            if (spins < 64) {
+                __builtin_ia32_pause();
+            } else {
+                sched_yield();
+            }
+        }
+    }
+}
+/* With the mutex held, at the end of the locked operation. */
+static inline void sevpeb_shim_gate_open(sevpeb_gate *g)
+{
+    __atomic_store_n(&g->closed, 0, __ATOMIC_RELEASE);
+}
+/* Atomic accesses of the fast path to words that other fast updates change
+ * (block words and a group's dirty / hashOK / hashValid); relaxed: the
+ * gate's release / acquire orders them for the locked operations. */
+static inline uint64_t sevpeb_shim_fetch_or64(uint64_t *p, uint64_t m) { return __atomic_fetch_or(p, m, __ATOMIC_RELAXED); }
+static inline uint64_t sevpeb_shim_fetch_and64(uint64_t *p, uint64_t m) { return __atomic_fetch_and(p, m, __ATOMIC_RELAXED); }
+static inline uint64_t sevpeb_shim_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline _Bool sevpeb_shim_load_bool(const _Bool *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void sevpeb_shim_store_bool(_Bool *p, _Bool v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
 static inline size_t sevpeb_shim_mutex_size(void) { return sizeof(pthread_mutex_t); }
 

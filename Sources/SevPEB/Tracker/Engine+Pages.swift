@@ -5,53 +5,9 @@ import CSevPEBShims
 extension Engine {
     /// Tracker.setRange's work: set [gfn, gfn+n) private (`value` true) or
     /// shared; returns whether any page changed. On error nothing changed.
-    ///
-    /// Inlined into the C entry point for the two hypercall-sized cases
-    /// that cost no allocation and no segment walk (measured, bench
-    /// `single`/`single_noop`): a range inside one word of a mixed chunk
-    /// (one read-modify-write of that word) and any range inside one chunk
-    /// that is uniform with the wanted value already (nothing to do).
-    /// Everything else goes to `setRangeGeneral`, out of line.
-    @inline(__always)
+    /// (The hypercall-sized updates that need no allocation usually never
+    /// get here: `Tracker.fastSetRange` does them without the lock.)
     func setRange(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
-        if let s = slotIndex(containing: gfn) {
-            let sl = unsafe slots[s]
-            let rel = gfn &- sl.base
-            let a = Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1))
-            // In one chunk of this slot (n > 0, no page past the chunk or the slot).
-            if n != 0 && n <= UInt64(Geometry.chunkPages &- a) && n <= sl.pages &- rel {
-                let c = rel &>> UInt64(Geometry.chunkShift)
-                let g = unsafe sl.groups + Int(truncatingIfNeeded: c &>> UInt64(Geometry.groupShift))
-                let bit = c & 63
-                let m: UInt64 = 1 &<< bit
-                let mixed = unsafe g.pointee.mixed
-                if mixed & m == 0 {
-                    // Uniform: already `value` on every page means no change.
-                    if unsafe (g.pointee.shared & m == 0) == value { return false }
-                } else {
-                    let b = a &+ Int(truncatingIfNeeded: n)
-                    // One word, and not the whole chunk (that one turns uniform).
-                    if (a &>> 6) == ((b &- 1) &>> 6) && (a != 0 || b != Geometry.chunkLen(c, sl.pages)) {
-                        // SAFETY: the chunk is mixed, so its rank indexes a live block of blockWords words; a >> 6 < chunkWords.
-                        let w = unsafe g.pointee.blocks![rank(mixed, bit)]! + (a &>> 6)
-                        let bm = Bits.mask(a & 63, ((b &- 1) & 63) &+ 1)
-                        let old = unsafe w.pointee
-                        let new = value ? old | bm : old & ~bm
-                        if old == new { return false }
-                        unsafe w.pointee = new
-                        unsafe markChanged(g, bit)
-                        return true
-                    }
-                }
-            }
-        }
-        return try setRangeGeneral(gfn, n, private: value)
-    }
-
-    /// `setRange` for every other range (validation and its messages,
-    /// materializing blocks, several chunks or slots).
-    @inline(never)
-    func setRangeGeneral(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
         // A range inside one slot needs only the slot lookup; checkRange
         // (holes, overflow, messages) handles the rest.
         let s0: Int

@@ -32,6 +32,17 @@ import CSevPEBShims
 
     /// Slots the table holds when the tracker is created.
     static let initialSlotCap = 8
+
+    /// Index of the first slot whose end is above `gfn` (slotCount if none).
+    @inline(__always) func firstSlotEndingAfter(_ gfn: UInt64) -> Int {
+        let sl = unsafe slots
+        var lo = 0, hi = slotCount
+        while lo < hi {
+            let mid = (lo &+ hi) &>> 1
+            if unsafe sl[mid].end <= gfn { lo = mid &+ 1 } else { hi = mid }
+        }
+        return lo
+    }
 }
 
 /// The lock-held storage engine (BitCollections' `_UnsafeHandle`, QEMU's
@@ -75,15 +86,7 @@ import CSevPEBShims
     // MARK: slot lookup
 
     /// Index of the first slot whose end is above `gfn` (slotCount if none).
-    @inline(__always) func firstSlotEndingAfter(_ gfn: UInt64) -> Int {
-        let sl = unsafe slots
-        var lo = 0, hi = slotCount
-        while lo < hi {
-            let mid = (lo &+ hi) &>> 1
-            if unsafe sl[mid].end <= gfn { lo = mid &+ 1 } else { hi = mid }
-        }
-        return lo
-    }
+    @inline(__always) func firstSlotEndingAfter(_ gfn: UInt64) -> Int { unsafe p.pointee.firstSlotEndingAfter(gfn) }
 
     /// Index of the slot containing `gfn`, or nil.
     @inline(__always) func slotIndex(containing gfn: UInt64) -> Int? {

@@ -52,6 +52,20 @@ enum Geometry {
     var sharedPages: UInt32 = 0 // cached shared pages in the group, valid iff hashValid
     var hashValid = false
     var blockCap: UInt8 = 0  // capacity of `blocks`
+
+    /// Byte offsets of the fields the update fast path changes atomically
+    /// (Tracker.fastSetRange: reached by address, not as Swift properties,
+    /// whose `&` access would be a formal modify of the whole group).
+    /// Declaration order; pinned against MemoryLayout by TrackerTests.
+    static let dirtyOffset = 16
+    static let hashOKOffset = 24
+    static let hashValidOffset = 52
+
+    /// The address of a field at `offset` of group g.
+    // SAFETY: g is a live group; offset is one of the offsets above, of a field of type T.
+    @inline(__always) static func field<T>(_ g: UnsafeMutablePointer<Group>, _ offset: Int, _ type: T.Type) -> UnsafeMutablePointer<T> {
+        unsafe (UnsafeMutableRawPointer(g) + offset).assumingMemoryBound(to: T.self)
+    }
 }
 
 /// One memory slot: [base, base + pages).

@@ -27,7 +27,9 @@ extension Tracker {
     }
 
     /// Number of chunks changed since last taken (cheap, no lock).
-    public var pendingChunks: Int { unsafe core.pointee.dirtyChunks.load(ordering: .relaxed) }
+    public var pendingChunks: Int {
+        unsafe core.pointee.dirtyChunks.load(ordering: .relaxed) &+ core.pointee.fastDirty.load(ordering: .relaxed)
+    }
 
     /// How a `takeChunks` batch ended.
     public enum TakeEnd {

@@ -23,9 +23,14 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
 ///
 /// Thread-safe: the thin locked shell over an `Engine` (Engine.swift). Every
 /// operation takes the one short mutex, lends the engine to its body
-/// (`locked`), and calls the change callback after it is released. Knows
-/// nothing of streams or KVM. See Storage.swift for the storage layout and
-/// its invariants.
+/// (`locked`), and calls the change callback after it is released; except
+/// the hypercall-sized update that changes one word of a mixed chunk (or
+/// finds a uniform chunk already in that state), which takes no mutex: it
+/// passes the update gate (Gate.swift) and changes the word with one atomic
+/// RMW, then the chunk's dirty bit (`fastSetRange`). Every locked operation
+/// closes the gate first, so the engine never sees a fast update in flight.
+/// Knows nothing of streams or KVM. See Storage.swift for the storage
+/// layout and its invariants.
 ///
 /// A handle, not a Swift class: the mutex, the atomics and the engine state
 /// live in `Mem` memory (so making one reports out of memory instead of
@@ -36,10 +41,16 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     /// The lock and the lock-free words; `state` is reached only through `locked`.
     struct Core: ~Copyable {
         let lock: Lock
+        let gate: Gate
         /// Chunks with a dirty bit set (read without the lock for
         /// estimates); the engine's count, published by `locked` before it
         /// unlocks.
         let dirtyChunks = Atomic<Int>(0)
+        /// What fast updates did since the last locked operation, which
+        /// folds it into the engine: chunks they marked dirty, and whether
+        /// any page changed (the engine's state generation).
+        let fastDirty = Atomic<Int>(0)
+        let fastChanged = Atomic<Bool>(false)
         let migrationControlValue = Atomic<UInt64>(0)
         let requireReadyFlag = Atomic<Bool>(false)
     }
@@ -56,7 +67,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
 
     /// Bytes of the fixed part (the core, its mutex and the engine state),
     /// for accounting.
-    static let fixedBytes = MemoryLayout<Core>.stride + Lock.bytes + MemoryLayout<EngineState>.stride
+    static let fixedBytes = MemoryLayout<Core>.stride + Lock.bytes + Gate.bytes + MemoryLayout<EngineState>.stride
 
     // SAFETY: core and state are the initialized allocations create() just made; the tracker owns them from here.
     private init(core: UnsafeMutablePointer<Core>, state: UnsafeMutablePointer<EngineState>) {
@@ -67,7 +78,8 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     /// A tracker with no slots; every allocation's failure is ENOMEM.
     public static func create() throws(SevError) -> Tracker {
         guard let m = Lock.make() else { throw .noMemory("out of memory allocating the tracker mutex") }
-        guard let core = unsafe Mem.create(Core(lock: m)) else { throw .noMemory("out of memory allocating the tracker") }
+        guard let gate = Gate.make() else { throw .noMemory("out of memory allocating the tracker's update gate") }
+        guard let core = unsafe Mem.create(Core(lock: m, gate: gate)) else { throw .noMemory("out of memory allocating the tracker") }
         let cap = EngineState.initialSlotCap
         guard let slots = unsafe Mem.calloc(cap, SlotRec.self) else {
             unsafe Mem.destroy(core)
@@ -99,13 +111,34 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     /// only they can make an `Engine`.
     struct LockKey: ~Copyable { fileprivate init() {} }
 
-    /// Run `body` with the lock held and the engine lent to it; publishes
-    /// the engine's dirty-chunk count before unlocking.
+    /// Run `body` with the lock held and the update gate closed (no fast
+    /// update in flight) and the engine lent to it; folds in what fast
+    /// updates did since the last locked operation, and publishes the
+    /// engine's dirty-chunk count before it reopens the gate and unlocks.
     @inline(__always) func locked<R, E: Error>(_ body: (borrowing Engine) throws(E) -> R) throws(E) -> R {
         try unsafe core.pointee.lock.withLock { () throws(E) -> R in
-            let e = unsafe Engine(lockedState: state, LockKey())
-            defer { unsafe core.pointee.dirtyChunks.store(e.dirtyCount, ordering: .relaxed) }
-            return try body(e)
+            try unsafe core.pointee.gate.closed { () throws(E) -> R in
+                let e = unsafe Engine(lockedState: state, LockKey())
+                foldFastUpdates(e)
+                defer { unsafe core.pointee.dirtyChunks.store(e.dirtyCount, ordering: .relaxed) }
+                return try body(e)
+            }
+        }
+    }
+
+    /// With the gate closed: the fast updates' dirty chunks into the
+    /// engine's count, their changes into its state generation (so the
+    /// cached summary and digest are recomputed).
+    @inline(__always) func foldFastUpdates(_ e: borrowing Engine) {
+        let c = unsafe core
+        if unsafe c.pointee.fastChanged.load(ordering: .relaxed) {
+            unsafe c.pointee.fastChanged.store(false, ordering: .relaxed)
+            e.stateGeneration &+= 1
+        }
+        let d = unsafe c.pointee.fastDirty.load(ordering: .relaxed)
+        if d != 0 {
+            unsafe c.pointee.fastDirty.store(0, ordering: .relaxed)
+            e.dirtyCount &+= d
         }
     }
 
@@ -131,6 +164,10 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     /// any page changed. On error nothing changed.
     @discardableResult @inline(__always)
     public func setRange(_ gfn: UInt64, _ n: UInt64, private value: Bool) throws(SevError) -> Bool {
+        if let (changed, cb) = unsafe fastSetRange(gfn, n, private: value) {
+            if changed, let f = unsafe cb.0 { unsafe f(cb.1, gfn, n, PageState(private: value).rawValue) }
+            return changed
+        }
         // The callback is read under the same lock as the update (not with a
         // second lock round trip: that was a third of a single-page update).
         var cb: PendingCallback = (nil, nil)
@@ -143,9 +180,91 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
         return changed
     }
 
-    /// State of one page: true = private.
+    /// The update fast path, without the mutex: inside the gate, a range in
+    /// one word of a mixed chunk (not the whole chunk, which turns uniform)
+    /// is one atomic RMW of that word, then the chunk's dirty bit, its cached
+    /// hash and the group's hash invalidated (each RMW only when the bit is
+    /// not already in that state); a range inside one chunk that is uniform
+    /// with the value already changes nothing. Returns (changed, callback),
+    /// or nil for the locked path: the gate is closed, or the update needs
+    /// it (a uniform chunk turning mixed allocates a block, a whole chunk or
+    /// several, validation and its messages).
+    ///
+    /// Inside the gate no locked operation runs, so everything but those
+    /// words stays as the last one left it: the slot table, groups, `mixed`
+    /// and `shared`, the block arrays and the callback are read plainly; the
+    /// words other fast updates change are accessed atomically only.
+    @inline(__always)
+    func fastSetRange(_ gfn: UInt64, _ n: UInt64, private value: Bool) -> (Bool, PendingCallback)? {
+        let st = unsafe state
+        let c = unsafe core
+        return unsafe c.pointee.gate.pass { () -> (Bool, PendingCallback)? in
+            guard let (sl, g, ch, a) = unsafe fastLocate(st, gfn) else { return nil }
+            // In one chunk of this slot (n > 0, no page past the chunk or the slot).
+            guard n != 0 && n <= UInt64(Geometry.chunkPages &- a) && n <= sl.end &- gfn else { return nil }
+            let bit = ch & 63
+            let m: UInt64 = 1 &<< bit
+            let mixed = unsafe g.pointee.mixed
+            if mixed & m == 0 {
+                // Uniform: already `value` on every page means no change.
+                if unsafe (g.pointee.shared & m == 0) == value { return (false, (nil, nil)) }
+                return nil
+            }
+            let b = a &+ Int(truncatingIfNeeded: n)
+            // One word, and not the whole chunk (that one turns uniform).
+            guard (a &>> 6) == ((b &- 1) &>> 6) && (a != 0 || b != Geometry.chunkLen(ch, sl.pages)) else { return nil }
+            // SAFETY: the chunk is mixed, so its rank indexes a live block of blockWords words; a >> 6 < chunkWords.
+            let w = unsafe g.pointee.blocks![(mixed & (m &- 1)).nonzeroBitCount]! + (a &>> 6)
+            let bm = Bits.mask(a & 63, ((b &- 1) & 63) &+ 1)
+            let old = unsafe value ? sevpeb_shim_fetch_or64(w, bm) : sevpeb_shim_fetch_and64(w, ~bm)
+            if old & bm == (value ? bm : 0) { return (false, (nil, nil)) }
+            // The chunk's dirty bit (an RMW only for the first change since the
+            // encoder took it), then its cached hash and the group's.
+            let dirty = unsafe Group.field(g, Group.dirtyOffset, UInt64.self)
+            let hashOK = unsafe Group.field(g, Group.hashOKOffset, UInt64.self)
+            let hashValid = unsafe Group.field(g, Group.hashValidOffset, Bool.self)
+            #if !SEVPEB_FAULT_FAST_PATH_NO_DIRTY   // Tests/c/stress.sh's negative control builds with it: hammer must fail
+            if unsafe sevpeb_shim_load64(dirty) & m == 0 && sevpeb_shim_fetch_or64(dirty, m) & m == 0 {
+                unsafe c.pointee.fastDirty.wrappingAdd(1, ordering: .relaxed)
+            }
+            #endif
+            if unsafe sevpeb_shim_load64(hashOK) & m != 0 { _ = unsafe sevpeb_shim_fetch_and64(hashOK, ~m) }
+            if unsafe sevpeb_shim_load_bool(hashValid) { unsafe sevpeb_shim_store_bool(hashValid, false) }
+            if unsafe !c.pointee.fastChanged.load(ordering: .relaxed) { unsafe c.pointee.fastChanged.store(true, ordering: .relaxed) }
+            return unsafe (true, (st.pointee.callback, st.pointee.callbackOpaque))
+        } ?? nil
+    }
+
+    /// Inside the gate: page gfn's slot, group, chunk (in the slot) and
+    /// page in the chunk; nil if no slot holds it. A binary search (the lock
+    /// holders' last-slot hint is theirs).
+    // SAFETY: st is this tracker's state, read inside its gate (see fastSetRange).
+    @inline(__always)
+    func fastLocate(_ st: UnsafeMutablePointer<EngineState>, _ gfn: UInt64) -> (SlotRec, UnsafeMutablePointer<Group>, UInt64, Int)? {
+        let s = unsafe st.pointee.firstSlotEndingAfter(gfn)
+        guard unsafe s < st.pointee.slotCount && st.pointee.slots[s].base <= gfn else { return nil }
+        let sl = unsafe st.pointee.slots[s]
+        let rel = gfn &- sl.base
+        let ch = rel &>> UInt64(Geometry.chunkShift)
+        let g = unsafe sl.groups + Int(truncatingIfNeeded: ch &>> UInt64(Geometry.groupShift))
+        return unsafe (sl, g, ch, Int(truncatingIfNeeded: rel & UInt64(Geometry.chunkPages &- 1)))
+    }
+
+    /// State of one page: true = private. Takes no mutex when the gate is
+    /// open (the word is read atomically: fast updates may be changing it).
     public func test(_ gfn: UInt64) throws(SevError) -> Bool {
-        try locked { (e) throws(SevError) -> Bool in try e.test(gfn) }
+        let st = unsafe state
+        let r = unsafe core.pointee.gate.pass { () -> Bool? in
+            guard let (_, g, ch, a) = unsafe fastLocate(st, gfn) else { return nil }
+            let bit = ch & 63
+            let mixed = unsafe g.pointee.mixed
+            if mixed & (1 &<< bit) == 0 { return unsafe g.pointee.shared & (1 &<< bit) == 0 }
+            // SAFETY: the chunk is mixed, so its rank indexes a live block; a >> 6 < chunkWords.
+            let w = unsafe g.pointee.blocks![(mixed & ((1 &<< bit) &- 1)).nonzeroBitCount]! + (a &>> 6)
+            return unsafe (sevpeb_shim_load64(w) &>> UInt64(a & 63)) & 1 != 0
+        }
+        if let v = r ?? nil { return v }
+        return try locked { (e) throws(SevError) -> Bool in try e.test(gfn) }
     }
 
     /// Shared pages in [gfn, gfn+n).
