@@ -589,6 +589,22 @@ static void op_floor_single(void *c_)
         pthread_mutex_unlock(&floor_mu);
     }
 }
+/* The floor of the gated (lock-free) design the library uses: announce in a
+ * per-thread counter, check the gate, the atomic op, leave: three
+ * lock-prefixed RMWs against the peer's one. */
+static struct { _Alignas(64) long inside; _Alignas(64) int closed; } floor_gate;
+static void op_gate_floor_single(void *c_)
+{
+    ctx *c = c_;
+    for (int64_t i = 0; i < c->iters; i++) {
+        __atomic_fetch_add(&floor_gate.inside, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&floor_gate.closed, __ATOMIC_SEQ_CST)) peer_clear_atomic(c->m, (long)c->gfn, 1);
+        __atomic_fetch_sub(&floor_gate.inside, 1, __ATOMIC_RELEASE);
+        __atomic_fetch_add(&floor_gate.inside, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&floor_gate.closed, __ATOMIC_SEQ_CST)) peer_set_atomic(c->m, (long)c->gfn, 1);
+        __atomic_fetch_sub(&floor_gate.inside, 1, __ATOMIC_RELEASE);
+    }
+}
 /* set_range on a uniform private chunk that stays private: a no-op update */
 static void op_s_single_noop(void *c_)
 {
@@ -934,6 +950,7 @@ static int ic_mode(void)
     IC("peer_atomic:single", op_qa_single(&c));
     IC("sevpeb:single", op_s_single(&c));
     IC("mutex_floor:single", op_floor_single(&c));
+    IC("gate_floor:single", op_gate_floor_single(&c));
     IC("sevpeb_set_range:single", op_s_single_setrange(&c));
     c.gfn2 = 3 * GIB_PAGES / 2;   /* a uniform private chunk */
     IC("sevpeb_noop:single", op_s_single_noop(&c));
@@ -1021,6 +1038,8 @@ int main(int argc, char **argv)
            "QEMU bitmap_set/clear", op_q_single, &c, op_s_single_setrange, &c, R, 2.0 * c.iters, "ns", NULL, 0);
     paired("mutex_floor", "update", "floor of a locked design: uncontended pthread mutex lock+unlock around bitmap_set_atomic/clear_bit_atomic",
            "QEMU bitmap_set_atomic/clear_bit_atomic", op_qa_single, &c, op_floor_single, &c, R, 2.0 * c.iters, "ns", NULL, 0);
+    paired("gate_floor", "update", "floor of the gated design: per-thread counter in, gate check, bitmap_set_atomic/clear_bit_atomic, counter out",
+           "QEMU bitmap_set_atomic/clear_bit_atomic", op_qa_single, &c, op_gate_floor_single, &c, R, 2.0 * c.iters, "ns", NULL, 0);
     c.gfn2 = L1.base[1] + L1.pages[1] / 2 + 7;   /* far from the typical state's shared pages */
     paired("single_noop", "update", "single-page sevpeb_set_range that changes nothing (uniform private chunk)",
            "QEMU bitmap_set_atomic/clear_bit_atomic", op_qa_single, &c, op_s_single_noop, &c, R, 2.0 * c.iters, "ns", NULL, 0);

@@ -3,7 +3,8 @@
  *
  * Linked with -Wl,--wrap=calloc,--wrap=malloc,--wrap=posix_memalign (make
  * alloc-check), so every allocation the installed archive makes (its own
- * Mem.calloc, the mutex, and posix_memalign, which the Embedded runtime's
+ * Mem.calloc, the mutex, the update gate (posix_memalign, 64-aligned), and any
+ * other posix_memalign, which the Embedded runtime's
  * swift_allocObject would use for a class instance or a Swift array: the
  * library makes none, so the clean run must count 0 of them, and one added
  * later is failed like the rest) goes through __wrap_* here; the production
@@ -53,7 +54,7 @@ static int injected;            /* a failure was injected in the current step */
 static void *sites[MAX_SITES];
 static int nsites;
 
-static char kind_of[4096]; /* allocator of allocation k in the clean run: c(alloc) m(alloc) p(osix_memalign) */
+static char kind_of[4096]; /* allocator of allocation k in the clean run: c(alloc) m(alloc) g(ate: posix_memalign 64) p(osix_memalign) */
 static int step_of[4096];  /* and the step it happened in */
 static int nsteps;
 static int negative; /* --negative-control: flip a page after each failed call */
@@ -94,7 +95,9 @@ void *__wrap_malloc(size_t n)
 }
 int __wrap_posix_memalign(void **p, size_t a, size_t n)
 {
-    return should_fail(__builtin_return_address(0), 'p') ? ENOMEM : __real_posix_memalign(p, a, n);
+    /* 64-byte alignment: the tracker's update gate (one cache line per counter); any other is
+     * Embedded Swift's swift_allocObject, which the library must not reach */
+    return should_fail(__builtin_return_address(0), a == 64 ? 'g' : 'p') ? ENOMEM : __real_posix_memalign(p, a, n);
 }
 
 /* ---- tracker state snapshots --------------------------------------------- */
@@ -435,7 +438,7 @@ static int child_run(long k, uint64_t seed, long *allocs, int *enomem, int *nsit
     *nsites_out = (int)out[4];
     if (n != (ssize_t)sizeof(out) || !WIFEXITED(st) || WEXITSTATUS(st) != (out[1] ? 1 : 0)) {
         CHECK(0, "run failing allocation %ld (%s, step %d) (seed %" PRIu64 "): child %s %d (leak or crash)", k,
-              k ? (kind_of[k] == 'c' ? "calloc" : kind_of[k] == 'm' ? "malloc" : "posix_memalign") : "-",
+              k ? (kind_of[k] == 'c' ? "calloc" : kind_of[k] == 'm' ? "malloc" : kind_of[k] == 'g' ? "posix_memalign (gate)" : "posix_memalign") : "-",
               k ? step_of[k] : -1, seed,
               WIFSIGNALED(st) ? "killed by signal" : "exit", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
         return -1;
@@ -468,13 +471,13 @@ int main(int argc, char **argv)
            steps, total, clean_sites, m_open ? "yes" : "no (run with the interposer preloaded)");
     CHECK(total > 0, "the hook sees the library's allocations");
 
-    int nkind[3] = { 0 }, rt_steps[MAX_STEPS] = { 0 };
+    int nkind[4] = { 0 }, rt_steps[MAX_STEPS] = { 0 };
     for (long k = 1; k <= total && k < 4096; k++) {
-        nkind[kind_of[k] == 'c' ? 0 : kind_of[k] == 'm' ? 1 : 2]++;
+        nkind[kind_of[k] == 'c' ? 0 : kind_of[k] == 'm' ? 1 : kind_of[k] == 'g' ? 3 : 2]++;
         rt_steps[step_of[k]] += kind_of[k] == 'p';
     }
-    printf("allocfail: %d calloc (Mem.calloc), %d malloc (mutex), %d posix_memalign (Embedded swift_allocObject)\n",
-           nkind[0], nkind[1], nkind[2]);
+    printf("allocfail: %d calloc (Mem.calloc), %d malloc (mutex), %d posix_memalign of 64 (update gate), "
+           "%d other posix_memalign (Embedded swift_allocObject)\n", nkind[0], nkind[1], nkind[3], nkind[2]);
     for (int i = 0; i < steps; i++) {
         if (rt_steps[i]) {
             printf("allocfail:   %d swift_allocObject in step %d: %s\n", rt_steps[i], i, step_name[i]);

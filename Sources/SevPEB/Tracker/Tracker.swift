@@ -236,13 +236,18 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     }
 
     /// Inside the gate: page gfn's slot, group, chunk (in the slot) and
-    /// page in the chunk; nil if no slot holds it. A binary search (the lock
-    /// holders' last-slot hint is theirs).
+    /// page in the chunk; nil if no slot holds it. The slot the last locked
+    /// lookup found is tried first (read only: locked operations write the
+    /// hint, with the gate closed), then a binary search.
     // SAFETY: st is this tracker's state, read inside its gate (see fastSetRange).
     @inline(__always)
     func fastLocate(_ st: UnsafeMutablePointer<EngineState>, _ gfn: UInt64) -> (SlotRec, UnsafeMutablePointer<Group>, UInt64, Int)? {
-        let s = unsafe st.pointee.firstSlotEndingAfter(gfn)
-        guard unsafe s < st.pointee.slotCount && st.pointee.slots[s].base <= gfn else { return nil }
+        let count = unsafe st.pointee.slotCount
+        var s = unsafe st.pointee.slotHint
+        if unsafe !(s < count && gfn >= st.pointee.slots[s].base && gfn &- st.pointee.slots[s].base < st.pointee.slots[s].pages) {
+            s = unsafe st.pointee.firstSlotEndingAfter(gfn)
+            guard unsafe s < count && st.pointee.slots[s].base <= gfn else { return nil }
+        }
         let sl = unsafe st.pointee.slots[s]
         let rel = gfn &- sl.base
         let ch = rel &>> UInt64(Geometry.chunkShift)
