@@ -54,7 +54,7 @@ for t in "${targets[@]}"; do
         qemustream) extra=("$SRC"/SevPEBInspect/*.swift) ;;  # their `import SevPEB` is this module
         setlayout) extra=("$SRC/shared/LayoutReference.swift") ;;  # shared with LayoutTests
     esac
-    swiftc -parse-as-library -module-name SevPEB -package-name sevpeb -O -g -sanitize="$SANITIZE" \
+    swiftc -parse-as-library -module-name SevPEB -package-name sevpeb -O -g -sanitize="$SANITIZE" ${FUZZ_SWIFTFLAGS:-} \
         -I "$SRC/CSevPEBShims/include" -I "$SRC/CSevPEBHash/include" -I "$SRC/CSevPEB/include" -I "$SRC/fuzzcommon/include" \
         "${lib[@]}" "$SRC"/fuzzcommon/*.swift "$SRC/fuzztargets/$t.swift" "$OUT/shims.o" "$OUT/hash.o" "$OUT/bits.o" "$OUT/fuzz_model.o" "${extra[@]}" \
         -o "$OUT/$t" 2> >(grep -v -e 'ld.gold: warning: Cannot export local symbol' -e 'ignoring import' >&2)

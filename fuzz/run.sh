@@ -15,6 +15,11 @@
 #   (swiftc has no -sanitize=undefined: Swift traps on overflow and bounds by
 #   itself, and the fuzzers run -O with those checks on; UBSan covers the C
 #   side in Tests/c/stress.sh.)
+#   fuzz/run.sh --negative-control
+#       the targets must be able to fail: build `roundtrip` against a library
+#       whose lock-free update skips the chunk's dirty bit
+#       (-D SEVPEB_FAULT_FAST_PATH_NO_DIRTY) and fuzz it (at most 120 s,
+#       seed 1); passes only if the target reports the broken migration.
 #   Minimize a crash and keep it as a regression input:
 #       fuzz/out/<t> -minimize_crash=1 -runs=10000 fuzz/artifacts/<t>-crash-...
 #       cp <minimized> fuzz/corpus/<t>/regress-<what>
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
         --seconds) SECONDS_EACH=$2; shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --negative-control) NEGATIVE=1; shift ;;
         -h|--help) sed -n 2,20p "$0"; exit 0 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -37,6 +43,22 @@ if [ ${#targets[@]} -eq 0 ]; then
     for f in fuzz/targets/*.swift; do targets+=("$(basename "$f" .swift)"); done
 fi
 OUT=${FUZZ_OUT:-fuzz/out}
+if [ "${NEGATIVE:-0}" = 1 ]; then
+    neg=$OUT/negative; mkdir -p "$OUT"
+    FUZZ_SWIFTFLAGS="-D SEVPEB_FAULT_FAST_PATH_NO_DIRTY" FUZZ_OUT=$neg bash fuzz/build.sh roundtrip >"$OUT/negative.build.log" 2>&1 ||
+        { cat "$OUT/negative.build.log"; echo "fuzz: negative control build failed"; echo "0 passed, 1 failed"; exit 1; }
+    rm -rf "$neg/work" && mkdir -p "$neg/artifacts" "$neg/work"
+    SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 "$neg/roundtrip" -seed=1 \
+        -max_total_time=120 -max_len=8192 -dict=fuzz/sevpeb.dict -artifact_prefix="$neg/artifacts/" \
+        "$neg/work" fuzz/corpus/roundtrip >"$neg/run.log" 2>&1
+    if [ $? -eq 0 ]; then
+        echo "fuzz: negative control: roundtrip fuzzed 120 s clean against a library whose lock-free"
+        echo "fuzz: update skips the dirty bit: the target cannot see a lost update"; echo "0 passed, 1 failed"; exit 1
+    fi
+    echo "fuzz: negative control detected after $(grep -oE '^#[0-9]+' "$neg/run.log" | tail -1 | tr -d '#') inputs:" \
+        "$(grep -m1 -o 'Fatal error: .*' "$neg/run.log")"
+    echo "1 passed, 0 failed"; exit 0
+fi
 if [ "$BUILD" = 1 ]; then
     FUZZ_OUT=$OUT bash fuzz/build.sh "${targets[@]}" || { echo "fuzz: build failed"; echo "0 passed, 1 failed"; exit 1; }
 fi
