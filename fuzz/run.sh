@@ -16,10 +16,10 @@
 #   itself, and the fuzzers run -O with those checks on; UBSan covers the C
 #   side in Tests/c/stress.sh.)
 #   fuzz/run.sh --negative-control
-#       the targets must be able to fail: build `roundtrip` against a library
-#       whose lock-free update skips the chunk's dirty bit
-#       (-D SEVPEB_FAULT_FAST_PATH_NO_DIRTY) and fuzz it (at most 120 s,
-#       seed 1); passes only if the target reports the broken migration.
+#       the targets must be able to fail: build `hypercall` against a library
+#       whose lock-free update leaves the last page of its range unchanged
+#       (-D SEVPEB_FAULT_FAST_PATH_DROP_PAGE) and fuzz it (at most 120 s,
+#       seed 1); passes only if the target reports the difference.
 #   Minimize a crash and keep it as a regression input:
 #       fuzz/out/<t> -minimize_crash=1 -runs=10000 fuzz/artifacts/<t>-crash-...
 #       cp <minimized> fuzz/corpus/<t>/regress-<what>
@@ -45,15 +45,15 @@ fi
 OUT=${FUZZ_OUT:-fuzz/out}
 if [ "${NEGATIVE:-0}" = 1 ]; then
     neg=$OUT/negative; mkdir -p "$OUT"
-    FUZZ_SWIFTFLAGS="-D SEVPEB_FAULT_FAST_PATH_NO_DIRTY" FUZZ_OUT=$neg bash fuzz/build.sh roundtrip >"$OUT/negative.build.log" 2>&1 ||
+    FUZZ_SWIFTFLAGS="-D SEVPEB_FAULT_FAST_PATH_DROP_PAGE" FUZZ_OUT=$neg bash fuzz/build.sh hypercall >"$OUT/negative.build.log" 2>&1 ||
         { cat "$OUT/negative.build.log"; echo "fuzz: negative control build failed"; echo "0 passed, 1 failed"; exit 1; }
     rm -rf "$neg/work" && mkdir -p "$neg/artifacts" "$neg/work"
-    SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 "$neg/roundtrip" -seed=1 \
+    SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 "$neg/hypercall" -seed=1 \
         -max_total_time=120 -max_len=8192 -dict=fuzz/sevpeb.dict -artifact_prefix="$neg/artifacts/" \
-        "$neg/work" fuzz/corpus/roundtrip >"$neg/run.log" 2>&1
+        "$neg/work" fuzz/corpus/hypercall >"$neg/run.log" 2>&1
     if [ $? -eq 0 ]; then
-        echo "fuzz: negative control: roundtrip fuzzed 120 s clean against a library whose lock-free"
-        echo "fuzz: update skips the dirty bit: the target cannot see a lost update"; echo "0 passed, 1 failed"; exit 1
+        echo "fuzz: negative control: hypercall fuzzed 120 s clean against a library whose lock-free"
+        echo "fuzz: update drops a page: the target cannot see a wrong update"; echo "0 passed, 1 failed"; exit 1
     fi
     echo "fuzz: negative control detected after $(grep -oE '^#[0-9]+' "$neg/run.log" | tail -1 | tr -d '#') inputs:" \
         "$(grep -m1 -o 'Fatal error: .*' "$neg/run.log")"

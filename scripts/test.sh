@@ -25,7 +25,7 @@ step "CLI: encode / decode / dump" \
     bash scripts/cli-test.sh
 step "fuzzing: bounded libFuzzer runs (${FUZZ_SECONDS} s per target)" \
     bash fuzz/run.sh --seconds "$FUZZ_SECONDS"
-step "fuzzing: negative control (roundtrip against a library whose lock-free update loses its dirty bit must fail)" \
+step "fuzzing: negative control (hypercall against a library whose lock-free update drops a page must fail)" \
     bash fuzz/run.sh --negative-control
 step "concurrency stress: 1000 randomized migrations, 8+ updater threads (TSan)" \
     bash Tests/c/stress.sh

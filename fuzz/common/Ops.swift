@@ -48,6 +48,10 @@ struct OpDriver {
 
     mutating func step(_ op: FuzzOp, _ inp: inout FuzzInput) {
         ops += 1
+        // The checks after each op are locked operations, which leave the
+        // update gate closed; reopen it on every other op so that updates
+        // take both the lock-free path and the locked one.
+        if ops & 1 == 0 { t.openUpdateGate() }
         let anchors = m.anchors
         switch op {
         case .addSlot:

@@ -92,6 +92,7 @@ public func fuzzKVMExit(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         let what = "exit \(exits) (reason \(reason))"
 
         before.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: runSize)) }
+        if exits & 1 == 0 { d.t.openUpdateGate() }   // the lock-free path too (OpDriver.step)
         let hr = sevpeb_kvm_handle_hypercall(h, run)
         if isMapGPA {
             let a = sevpeb_shim_run_hypercall_args(run)!

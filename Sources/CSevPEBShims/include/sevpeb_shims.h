@@ -65,8 +65,9 @@ static inline void sevpeb_shim_mutex_unlock(pthread_mutex_t *m) { pthread_mutex_
  * Lets single-word page updates run without the mutex while keeping every
  * locked operation exclusive: an updater announces itself in its thread's
  * counter and proceeds only if the gate is open; a locked operation closes
- * the gate and waits until every counter is 0, so it never overlaps a fast
- * update (a per-thread-slot reader count: percpu-rwsem's idea, 8 slots). */
+ * the gate (if open) and waits until every counter is 0, so it never overlaps
+ * a fast update (a per-thread-slot reader count: percpu-rwsem's idea, 8
+ * slots); a locked update reopens it when done. */
 #define SEVPEB_GATE_SLOTS 8
 struct sevpeb_gate_slot {
     unsigned long inside;                   /* fast updaters in flight */
@@ -118,9 +119,14 @@ static inline void sevpeb_shim_gate_leave(sevpeb_gate *g, unsigned token)
     __atomic_fetch_sub(&g->slot[token - 1].inside, 1, __ATOMIC_RELEASE);
 }
 /* With the mutex held: close the gate and wait out the fast updates in flight
- * (each is a few dozen instructions; yield if one was preempted). */
+ * (each is a few dozen instructions; yield if one was preempted). A gate a
+ * locked operation left closed needs neither (no fast update entered since):
+ * only updates reopen it, so a run of queries pays the fence once. */
 static inline void sevpeb_shim_gate_close(sevpeb_gate *g)
 {
+    if (__atomic_load_n(&g->closed, __ATOMIC_RELAXED)) {
+        return;
+    }
     __atomic_store_n(&g->closed, 1, __ATOMIC_SEQ_CST);
     for (unsigned i = 0; i < SEVPEB_GATE_SLOTS; i++) {
         for (unsigned spins = 0; __atomic_load_n(&g->slot[i].inside, __ATOMIC_ACQUIRE) != 0; spins++) {
@@ -132,7 +138,8 @@ static inline void sevpeb_shim_gate_close(sevpeb_gate *g)
         }
     }
 }
-/* With the mutex held, at the end of the locked operation. */
+/* With the mutex held, at the end of a locked update (the fast path's users
+ * want it open; other locked operations leave it closed). */
 static inline void sevpeb_shim_gate_open(sevpeb_gate *g)
 {
     __atomic_store_n(&g->closed, 0, __ATOMIC_RELEASE);

@@ -1,8 +1,9 @@
 import CSevPEBShims
 
 /// The tracker's update gate (sevpeb_shims.h): single-word page updates
-/// pass it without the mutex; a locked operation closes it, waits for the
-/// updates in flight, and reopens it when done, so it never overlaps one.
+/// pass it without the mutex; a locked operation closes it (if open) and
+/// waits for the updates in flight, so it never overlaps one; a locked
+/// update reopens it when done.
 /// Owns its C allocation (64-byte aligned, one cache line per counter).
 @safe struct Gate: ~Copyable {
     // SAFETY: owned by this value alone; freed in deinit, never escapes.
@@ -27,10 +28,13 @@ import CSevPEBShims
         return body()
     }
 
-    /// Run `body` with the gate closed (the caller holds the mutex).
-    @inline(__always) func closed<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+    /// Run `body` with the gate closed (the caller holds the mutex); reopen
+    /// it afterwards only if `reopen` (locked updates: the fast path's users
+    /// want it open). Other locked operations leave it closed, so a run of
+    /// them pays the closing fence and wait once, not per call.
+    @inline(__always) func closed<R, E: Error>(reopen: Bool, _ body: () throws(E) -> R) throws(E) -> R {
         unsafe sevpeb_shim_gate_close(g)
-        defer { unsafe sevpeb_shim_gate_open(g) }
+        defer { if reopen { unsafe sevpeb_shim_gate_open(g) } }
         return try body()
     }
 

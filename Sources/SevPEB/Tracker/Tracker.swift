@@ -115,15 +115,25 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
     /// update in flight) and the engine lent to it; folds in what fast
     /// updates did since the last locked operation, and publishes the
     /// engine's dirty-chunk count before it reopens the gate and unlocks.
-    @inline(__always) func locked<R, E: Error>(_ body: (borrowing Engine) throws(E) -> R) throws(E) -> R {
+    /// `reopenGate`: a page-state update (the fast path's users want the
+    /// gate open again; other operations leave it closed: Gate.swift).
+    @inline(__always) func locked<R, E: Error>(reopenGate: Bool = false, _ body: (borrowing Engine) throws(E) -> R) throws(E) -> R {
         try unsafe core.pointee.lock.withLock { () throws(E) -> R in
-            try unsafe core.pointee.gate.closed { () throws(E) -> R in
+            try unsafe core.pointee.gate.closed(reopen: reopenGate) { () throws(E) -> R in
                 let e = unsafe Engine(lockedState: state, LockKey())
                 foldFastUpdates(e)
                 defer { unsafe core.pointee.dirtyChunks.store(e.dirtyCount, ordering: .relaxed) }
                 return try body(e)
             }
         }
+    }
+
+    /// Open the update gate now (under the mutex), as the next locked update
+    /// would: for the fuzzers and tests, whose checks between updates are
+    /// locked operations that leave it closed, so that their updates take
+    /// the lock-free path too.
+    package func openUpdateGate() {
+        locked(reopenGate: true) { _ in }
     }
 
     /// With the gate closed: the fast updates' dirty chunks into the
@@ -171,7 +181,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
         // The callback is read under the same lock as the update (not with a
         // second lock round trip: that was a third of a single-page update).
         var cb: PendingCallback = (nil, nil)
-        let changed = try locked { (e) throws(SevError) -> Bool in
+        let changed = try locked(reopenGate: true) { (e) throws(SevError) -> Bool in
             let any = try e.setRange(gfn, n, private: value)
             if any { unsafe cb = unsafe e.pendingCallback }
             return any
@@ -215,7 +225,11 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
             guard (a &>> 6) == ((b &- 1) &>> 6) && (a != 0 || b != Geometry.chunkLen(ch, sl.pages)) else { return nil }
             // SAFETY: the chunk is mixed, so its rank indexes a live block of blockWords words; a >> 6 < chunkWords.
             let w = unsafe g.pointee.blocks![(mixed & (m &- 1)).nonzeroBitCount]! + (a &>> 6)
+            #if SEVPEB_FAULT_FAST_PATH_DROP_PAGE   // fuzz/run.sh --negative-control builds with it: hypercall must fail
+            let bm = Bits.mask(a & 63, ((b &- 1) & 63))
+            #else
             let bm = Bits.mask(a & 63, ((b &- 1) & 63) &+ 1)
+            #endif
             let old = unsafe value ? sevpeb_shim_fetch_or64(w, bm) : sevpeb_shim_fetch_and64(w, ~bm)
             if old & bm == (value ? bm : 0) { return (false, (nil, nil)) }
             // The chunk's dirty bit (an RMW only for the first change since the
@@ -310,7 +324,7 @@ public typealias ChangeCallback = @convention(c) (UnsafeMutableRawPointer?, UInt
         if n == 0 { throw .invalid("npages 0: must be > 0") }
         if UInt64(srcLen) < need { throw SevError(ENOSPC, "source of \(srcLen) bytes too small for \(n) pages (need \(need))") }
         let source = unsafe ByteBitSource(p: src, bytes: Int(need))
-        let (changed, cb) = unsafe try locked { (e) throws(SevError) -> (Bool, PendingCallback) in
+        let (changed, cb) = unsafe try locked(reopenGate: true) { (e) throws(SevError) -> (Bool, PendingCallback) in
             unsafe (try e.setBitmap(gfn, n, source), e.pendingCallback)
         }
         if changed, let f = unsafe cb.0 { unsafe f(cb.1, gfn, n, PageState.mixed.rawValue) }
